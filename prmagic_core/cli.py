@@ -1,0 +1,206 @@
+"""The ``prmagic`` command: info, train-tiny, evaluate-tiny, evaluate."""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+
+def _print_json_last(obj: dict) -> None:
+    print(json.dumps(obj, sort_keys=True))
+
+
+def cmd_info(args) -> int:
+    import segment_anything
+    import torch
+
+    from .models.tiny import TINY_CARD, TINY_WEIGHTS
+
+    def version(module):
+        return getattr(module, "__version__", "installed")
+
+    from . import __version__
+
+    info = {
+        "prmagic": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "segment_anything": version(segment_anything),
+        "cuda_available": torch.cuda.is_available(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "tiny_weights": str(TINY_WEIGHTS),
+        "tiny_weights_present": TINY_WEIGHTS.is_file(),
+        "backends": {
+            "tiny": "ready" if TINY_WEIGHTS.is_file() else "missing weights: run prmagic train-tiny",
+            "sam": "needs --checkpoint PATH to an official sam_vit_{b,l,h} file"
+            + ("" if torch.cuda.is_available() else " (CPU only here: ~17 s per vit_b encode)"),
+        },
+    }
+    if TINY_CARD.is_file():
+        info["tiny_card"] = json.loads(TINY_CARD.read_text())
+    if args.json:
+        _print_json_last(info)
+    else:
+        for key, value in info.items():
+            print(f"{key:>22}: {value}")
+    return 0
+
+
+def cmd_train_tiny(args) -> int:
+    import torch
+
+    from .models.training import TrainConfig, train
+
+    torch.set_num_threads(args.threads)
+    cfg = TrainConfig(steps=args.steps, scenes=args.scenes, seed=args.seed)
+    summary = train(cfg, Path(args.out_dir), resume=args.resume)
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_evaluate_tiny(args) -> int:
+    from .models.loading import load_sam
+    from .models.quality import evaluate_tiny
+
+    sam = load_sam("tiny", args.checkpoint)
+    result = evaluate_tiny(sam, episodes=args.episodes, seed=args.seed, progress=not args.json)
+    if args.json:
+        _print_json_last(result)
+    else:
+        for key in ("point_miou", "part_point_miou", "box_miou"):
+            print(f"{key:>16}: {result[key]:.4f}   ({result['metric']}, {args.episodes} episodes, seed {args.seed})")
+    return 0
+
+
+def _load_episodes(args, size: int):
+    """The episodes named by --dataset/--data: ShapeWorld, a folder of episodes, or a real benchmark."""
+    if args.data is not None or args.dataset == "folder":
+        from .data.folder import load_episodes
+
+        root = args.data or args.data_root
+        if root is None:
+            raise ValueError("--dataset folder needs --data DIR")
+        return load_episodes(root)
+    if args.dataset == "shapeworld":
+        from .data import shapeworld
+
+        return shapeworld.episodes(args.episodes or 100, seed=args.seed, kind=args.kind, shots=args.shots, size=size)
+    from .data.benchmarks import load_benchmark
+
+    if args.data_root is None:
+        raise ValueError(f"--dataset {args.dataset} needs --data-root PATH")
+    return load_benchmark(args.dataset, args.data_root, fold=args.fold, shots=args.shots, seed=args.seed)
+
+
+def cmd_evaluate(args) -> int:
+    import torch
+
+    from .baselines import make_baseline
+    from .evaluation import accumulate, evaluate, summarise
+    from .flow import FlowConfig
+    from .models.encoding import Encoder
+    from .models.loading import load_sam, resolve_device
+
+    model_type = "tiny" if args.backend == "tiny" else args.model_type
+    if args.backend == "sam" and args.checkpoint is None:
+        raise ValueError("--backend sam needs --checkpoint PATH to an official SAM checkpoint")
+    device = resolve_device(args.device)
+    sam = load_sam(model_type, args.checkpoint, device=str(device))
+    episodes = _load_episodes(args, sam.image_encoder.img_size)
+    kind = getattr(episodes[0], "kind", args.kind) if len(episodes) else args.kind
+    eta = args.eta if args.eta is not None else (1e-3 if kind == "object" else 1e-4)
+    flow = FlowConfig(eta=eta, gamma=args.gamma, clip=None if args.clip <= 0 else args.clip,
+                      reduction=args.reduction, grad_at=args.grad_at, divergence=args.divergence)
+    baseline = make_baseline(args.baseline, kind=kind, released_point_order=args.released_point_order)
+    limit = min(len(episodes), args.episodes or len(episodes))
+    settings = dict(
+        baseline=args.baseline, backend=args.backend, model_type=model_type,
+        checkpoint=str(args.checkpoint) if args.checkpoint else "shipped tiny weights",
+        dataset="folder" if args.data else args.dataset, data=str(args.data or args.data_root or ""),
+        kind=kind, fold=args.fold, shots=args.shots, episodes=limit, steps=args.steps,
+        selector=args.selector, seed=args.seed, resampling=args.resampling,
+        released_point_order=args.released_point_order, **flow.as_dict(),
+    )
+    rows = evaluate(baseline, Encoder(sam), episodes, steps=args.steps, flow=flow, selector=args.selector,
+                    seed=args.seed, resampling=args.resampling, out=args.out, settings=settings, limit=limit,
+                    progress=not args.json)
+    summary = summarise(accumulate(rows), settings)
+    summary["device"] = str(device)
+    print(f"{'':>10} {'mIoU':>8} {'FB-IoU':>8} {'ep-FB-mIoU':>11}   ({summary['episodes']} episodes, "
+          f"{summary['failed_episodes']} failed)", file=sys.stderr if args.json else sys.stdout)
+    for v, label in (("baseline", "B"), ("top1", "T"), ("oracle", "O")):
+        print(f"{label + ' ' + v:>10} {summary[v + '_miou']:8.2f} {summary[v + '_fb_iou']:8.2f} "
+              f"{summary[v + '_episode_fb_miou']:11.2f}", file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        _print_json_last(summary)
+    return 0 if summary["episodes"] else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prmagic", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="versions, device, weights, which backends can run")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("train-tiny", help="train SAM-Tiny on ShapeWorld (checkpoints, --resume)")
+    p.add_argument("--out-dir", default="runs/train-tiny")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--scenes", type=int, default=4000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--resume", action="store_true")
+    p.set_defaults(func=cmd_train_tiny)
+
+    p = sub.add_parser("evaluate-tiny", help="SAM-Tiny's point/box quality on held-out ShapeWorld")
+    p.add_argument("--checkpoint", default=None, help="default: the shipped weights")
+    p.add_argument("--episodes", type=int, default=200)
+    p.add_argument("--seed", type=int, default=1000)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate_tiny)
+
+    p = sub.add_parser("evaluate", help="B / T / O of a baseline with PR-MaGIC over episodes")
+    p.add_argument("--baseline", default="persam_f", choices=["persam", "persam_f"])
+    p.add_argument("--backend", default="tiny", choices=["tiny", "sam"])
+    p.add_argument("--checkpoint", default=None, help="official SAM checkpoint (sam backend)")
+    p.add_argument("--model-type", default="vit_b", choices=["vit_b", "vit_l", "vit_h"])
+    p.add_argument("--dataset", default="shapeworld",
+                   choices=["shapeworld", "folder", "fss", "coco", "lvis", "paco", "pascal_part", "dis5k"])
+    p.add_argument("--data", default=None, help="a folder of episodes (folder format)")
+    p.add_argument("--data-root", default=None, help="root of a benchmark's standard layout")
+    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--kind", default="object", choices=["object", "part"], help="ShapeWorld episodes")
+    p.add_argument("--shots", type=int, default=1)
+    p.add_argument("--episodes", type=int, default=None, help="ShapeWorld: how many (default 100); others: at most")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--eta", type=float, default=None, help="default 1e-3 (objects) / 1e-4 (parts)")
+    p.add_argument("--gamma", type=float, default=0.1)
+    p.add_argument("--clip", type=float, default=0.1, help="0 turns clipping off")
+    p.add_argument("--reduction", default="sum", choices=["sum", "mean", "foreground"])
+    p.add_argument("--grad-at", default="z0", choices=["z0", "zt"])
+    p.add_argument("--divergence", default="kl", choices=["kl", "logd", "js"])
+    p.add_argument("--selector", default="masked-image", choices=["masked-image", "crop-pool", "pooled"])
+    p.add_argument("--resampling", default="fixed", choices=["fixed", "fresh"])
+    p.add_argument("--released-point-order", action="store_true", help="PerSAM-F: the release's (row, col) quirk")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None, help="results CSV, written per episode, resumable")
+    p.add_argument("--json", action="store_true", help="last line: a JSON object with the results and settings")
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FloatingPointError) as err:
+        print(f"prmagic {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""One call of SAM's prompt encoder + mask decoder on a given image embedding.
+
+Unlike ``SamPredictor.predict`` it takes the embedding as an argument, so the same call
+serves the stock decode, the decode on a refined embedding and the differentiable decode
+whose logits drive the gradient flow (gradients flow to ``embedding`` when it requires them).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from segment_anything.modeling import Sam
+from segment_anything.utils.transforms import ResizeLongestSide
+
+from .encoding import Encoded, to_image_frame
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """Point prompts in the original image's pixels: ``coords`` (N, 2) as (x, y), ``labels`` (N,) 1/0."""
+
+    coords: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self):
+        coords = np.asarray(self.coords, dtype=np.float64).reshape(-1, 2)
+        labels = np.asarray(self.labels, dtype=np.float64).reshape(-1)
+        if len(coords) != len(labels):
+            raise ValueError(f"{len(coords)} prompt points but {len(labels)} labels")
+        object.__setattr__(self, "coords", coords)
+        object.__setattr__(self, "labels", labels)
+
+
+@dataclass
+class Decoded:
+    """Low-res logits (k, h', w') and IoU predictions (k,) of one decoder call."""
+
+    logits: torch.Tensor
+    iou: torch.Tensor
+
+    def best(self) -> torch.Tensor:
+        """The low-res logits (h', w') of the output the IoU head ranks first."""
+        return self.logits[int(torch.argmax(self.iou))]
+
+
+def decode(
+    sam: Sam,
+    embedding: torch.Tensor,
+    encoded: Encoded,
+    prompts: Prompts | None = None,
+    box: np.ndarray | None = None,
+    mask_input: torch.Tensor | None = None,
+    multimask: bool = True,
+) -> Decoded:
+    """Decode on ``embedding`` (1, C, h, w) with prompts given in ``encoded``'s original frame."""
+    transform = ResizeLongestSide(sam.image_encoder.img_size)
+    device = embedding.device
+    points = None
+    if prompts is not None:
+        coords = transform.apply_coords(prompts.coords, encoded.original_size)
+        points = (
+            torch.as_tensor(coords, dtype=torch.float32, device=device)[None],
+            torch.as_tensor(prompts.labels, dtype=torch.float32, device=device)[None],
+        )
+    boxes = None
+    if box is not None:
+        boxes = torch.as_tensor(transform.apply_boxes(np.asarray(box, dtype=np.float64)[None], encoded.original_size),
+                                dtype=torch.float32, device=device)
+    masks = None if mask_input is None else mask_input.reshape(1, 1, *mask_input.shape[-2:])
+    sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=masks)
+    logits, iou = sam.mask_decoder(
+        image_embeddings=embedding,
+        image_pe=sam.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=multimask,
+    )
+    return Decoded(logits[0], iou[0])
+
+
+def to_mask(low_res_logits: torch.Tensor, encoded: Encoded, threshold: float = 0.0) -> np.ndarray:
+    """Binary mask in the original image frame from low-res logits (h', w')."""
+    return (to_image_frame(low_res_logits.detach(), encoded) > threshold).cpu().numpy()

@@ -1,0 +1,115 @@
+"""Image encoding with SAM's encoder: cached by content, batched, counted.
+
+Encoder passes are the cost of the whole method, so every image embedding goes through one
+:class:`Encoder`: an image seen before (same bytes) is not encoded again, several images
+are encoded as one batch, and ``passes`` counts the images that really went through the
+encoder (the benchmark reports it).
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import Sam
+from segment_anything.utils.transforms import ResizeLongestSide
+
+from ..data.episode import check_image
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """An image and its SAM embedding (1, C, h, w), with the sizes needed to map between frames."""
+
+    image: np.ndarray
+    embedding: torch.Tensor
+    input_size: tuple
+    original_size: tuple
+    side: int  # SAM's square, padded input side (1024 for official SAM, 128 for SAM-Tiny)
+
+    @property
+    def grid(self) -> tuple:
+        return tuple(self.embedding.shape[-2:])
+
+
+def _content_key(image: np.ndarray) -> str:
+    return hashlib.sha1(image.tobytes() + repr(image.shape).encode()).hexdigest()
+
+
+class Encoder:
+    """SAM's image encoder behind a bounded content-keyed cache, with batched encoding."""
+
+    def __init__(self, sam: Sam, cache_size: int = 64, batch_size: int = 4):
+        self.sam = sam
+        self.transform = ResizeLongestSide(sam.image_encoder.img_size)
+        self.cache_size = cache_size
+        self.batch_size = batch_size
+        self.passes = 0
+        self._cache: OrderedDict[str, Encoded] = OrderedDict()
+
+    @property
+    def device(self) -> torch.device:
+        return self.sam.device
+
+    def encode(self, image: np.ndarray) -> Encoded:
+        return self.encode_many([image])[0]
+
+    def encode_many(self, images) -> list:
+        """Encodings of ``images`` in order; only images not cached (and not repeated) are encoded."""
+        keys = [_content_key(check_image(im)) for im in images]
+        todo = {}
+        for key, image in zip(keys, images):
+            if key not in self._cache and key not in todo:
+                todo[key] = image
+        pending = list(todo.items())
+        for start in range(0, len(pending), self.batch_size):
+            chunk = pending[start : start + self.batch_size]
+            for (key, image), encoded in zip(chunk, self._encode_batch([im for _, im in chunk])):
+                self._remember(key, encoded)
+        found = [self._cache[k] for k in keys]
+        for key in keys:
+            self._cache.move_to_end(key)
+        return found
+
+    def _remember(self, key: str, encoded: Encoded) -> None:
+        self._cache[key] = encoded
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    @torch.no_grad()
+    def _encode_batch(self, images: list) -> list:
+        # Images of one batch may differ in size: each is resized and padded to the square input.
+        inputs, sizes = [], []
+        for image in images:
+            resized = self.transform.apply_image(image)
+            tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()
+            inputs.append(self.sam.preprocess(tensor[None].float()))
+            sizes.append(tuple(resized.shape[:2]))
+        embeddings = self.sam.image_encoder(torch.cat(inputs))
+        self.passes += len(images)
+        return [
+            Encoded(image, emb[None], size, tuple(image.shape[:2]), self.sam.image_encoder.img_size)
+            for image, emb, size in zip(images, embeddings, sizes)
+        ]
+
+
+def to_image_frame(grid_map: torch.Tensor, encoded: Encoded) -> torch.Tensor:
+    """A map on the embedding grid (h, w) or low-res logits (..., h', w') resized to the original image."""
+    lead = grid_map.shape[:-2]
+    flat = grid_map.reshape(-1, 1, *grid_map.shape[-2:]).float()
+    padded = F.interpolate(flat, (encoded.side, encoded.side), mode="bilinear", align_corners=False)
+    cropped = padded[..., : encoded.input_size[0], : encoded.input_size[1]]
+    full = F.interpolate(cropped, encoded.original_size, mode="bilinear", align_corners=False)
+    return full.reshape(*lead, *encoded.original_size)
+
+
+def to_grid(mask: np.ndarray, encoded: Encoded) -> torch.Tensor:
+    """A mask of the original image on the embedding grid (h, w): the fraction of each cell covered."""
+    side = encoded.side
+    m = torch.as_tensor(mask, dtype=torch.float32, device=encoded.embedding.device)[None, None]
+    m = F.interpolate(m, encoded.input_size, mode="bilinear", align_corners=False)
+    m = F.pad(m, (0, side - encoded.input_size[1], 0, side - encoded.input_size[0]))
+    return F.interpolate(m, encoded.grid, mode="area")[0, 0]

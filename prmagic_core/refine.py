@@ -1,0 +1,102 @@
+"""The PR-MaGIC loop: move the query embedding by the decoder's gradient flow, re-sample
+prompts from the moved embedding, decode every candidate from the ORIGINAL embedding.
+
+    z0 = E(I_q);  P_0 = prompts(sim(z0))
+    for t = 0..T:  m_t = decode(z0, P_t)                          (m_0 is the baseline's own mask)
+                   z_{t+1} = z0 + delta_{t+1},  delta by one flow step on grad d_phi
+                   P_{t+1} = prompts(sim(z_{t+1}))
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .baselines.base import Prompter
+from .flow import FlowConfig, d_phi, flow_step
+from .models.decoding import Prompts
+
+RESAMPLING = ("fixed", "fresh")
+
+
+@dataclass
+class Step:
+    """One candidate of the trajectory and the flow step taken after it (None after the last)."""
+
+    mask: np.ndarray
+    logits: torch.Tensor
+    prompts: Prompts
+    similarity: torch.Tensor
+    d_phi: float | None = None
+    gradient: torch.Tensor | None = None
+    drift_norm: float | None = None
+    noise_norm: float | None = None
+
+
+@dataclass
+class Trajectory:
+    steps: list = field(default_factory=list)
+    config: FlowConfig = field(default_factory=FlowConfig)
+
+    @property
+    def candidates(self) -> list:
+        return [s.mask for s in self.steps]
+
+
+def _gradient(prompter: Prompter, z: torch.Tensor, prompts: Prompts, similarity, reduction: str):
+    """(mask, logits, d_phi value, grad of d_phi w.r.t. z) from one differentiable decode at z."""
+    z = z.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        mask, logits = prompter.decode(z, prompts, similarity)
+        d = d_phi(logits, reduction)
+        (grad,) = torch.autograd.grad(d, z)
+    return mask, logits.detach(), float(d.detach()), grad
+
+
+def refine(prompter: Prompter, steps: int = 5, flow: FlowConfig = FlowConfig(),
+           generator: torch.Generator | None = None, resampling: str = "fixed") -> Trajectory:
+    """Run T = ``steps`` refinement steps; returns T + 1 candidates and everything behind them.
+
+    ``resampling="fixed"`` draws each step's random prompt choices from the same seed, so the
+    prompts change only where the similarity map changed (eta = gamma = 0 gives T + 1
+    identical candidates); ``"fresh"`` draws new random choices at every step, as the release does.
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if resampling not in RESAMPLING:
+        raise ValueError(f"resampling must be one of {RESAMPLING}, got {resampling!r}")
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    prompt_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    prompt_rng = torch.Generator().manual_seed(prompt_seed)
+
+    def sample(similarity):
+        if resampling == "fixed":
+            prompt_rng.manual_seed(prompt_seed)
+        return prompter.sample_prompts(similarity, prompt_rng)
+
+    z0 = prompter.query.embedding.detach()
+    delta = torch.zeros_like(z0)
+    similarity = prompter.similarity(z0)
+    prompts = sample(similarity)
+    trajectory = Trajectory(config=flow)
+    for t in range(steps + 1):
+        if t == steps:
+            with torch.no_grad():
+                mask, logits = prompter.decode(z0, prompts, similarity)
+            trajectory.steps.append(Step(mask, logits.detach(), prompts, similarity.detach()))
+            break
+        if flow.grad_at == "z0":
+            mask, logits, d, grad = _gradient(prompter, z0, prompts, similarity, flow.reduction)
+        else:
+            with torch.no_grad():
+                mask, logits = prompter.decode(z0, prompts, similarity)
+            _, _, d, grad = _gradient(prompter, z0 + delta, prompts, similarity, flow.reduction)
+        delta, norms = flow_step(delta, grad, d, flow, generator)
+        trajectory.steps.append(
+            Step(mask, logits.detach(), prompts, similarity.detach(), d, grad.detach(), norms.drift, norms.noise)
+        )
+        with torch.no_grad():
+            similarity = prompter.similarity(z0 + delta)
+        prompts = sample(similarity)
+    return trajectory
