@@ -60,22 +60,19 @@ class Encoder:
     def encode_many(self, images) -> list:
         """Encodings of ``images`` in order; only images not cached (and not repeated) are encoded."""
         keys = [_content_key(check_image(im)) for im in images]
-        todo = {}
-        for key, image in zip(keys, images):
-            if key not in self._cache and key not in todo:
-                todo[key] = image
-        pending = list(todo.items())
+        found = {k: self._cache[k] for k in keys if k in self._cache}
+        pending = list({k: im for k, im in zip(keys, images) if k not in found}.items())
         for start in range(0, len(pending), self.batch_size):
             chunk = pending[start : start + self.batch_size]
-            for (key, image), encoded in zip(chunk, self._encode_batch([im for _, im in chunk])):
-                self._remember(key, encoded)
-        found = [self._cache[k] for k in keys]
+            for (key, _), encoded in zip(chunk, self._encode_batch([im for _, im in chunk])):
+                found[key] = encoded
         for key in keys:
-            self._cache.move_to_end(key)
-        return found
+            self._remember(key, found[key])
+        return [found[k] for k in keys]
 
     def _remember(self, key: str, encoded: Encoded) -> None:
         self._cache[key] = encoded
+        self._cache.move_to_end(key)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 

@@ -28,7 +28,9 @@ BENCHMARKS = {
 __all__ = ["BENCHMARKS", "BenchmarkEpisodes", "BenchmarkError", "load_benchmark", "resize_episode"]
 
 
-def load_benchmark(name: str, root, fold: int = 0, shots: int = 1, seed: int = 0, size: int | None = 518) -> BenchmarkEpisodes:
+def load_benchmark(
+    name: str, root, fold: int = 0, shots: int = 1, seed: int = 0, size: int | None = 518
+) -> BenchmarkEpisodes:
     """A fold's test episodes of benchmark ``name`` read from ``root``, resized to ``size`` squared (None: native)."""
     if name not in BENCHMARKS:
         raise BenchmarkError(f"unknown benchmark {name!r}; expected one of {', '.join(BENCHMARKS)}")

@@ -45,7 +45,8 @@ def plan_episodes(root: Path, fold: int, shots: int, rng) -> Plan:
             raise fail(split_file, f"no image list for class {c} ({CLASS_NAMES[c]})", expected)
         candidates[c] = unique(images_of_class[c])
         if len(candidates[c]) <= shots:
-            raise fail(split_file, f"{len(candidates[c])} images of class {c}", f"more than {shots}")
+            problem = f"only {len(candidates[c])} distinct images of class {c} ({CLASS_NAMES[c]})"
+            raise fail(split_file, problem, f"more than {shots} for {shots}-shot episodes")
     episodes = []
     for _ in range(EPISODES_PER_FOLD):
         # HSNet draws the class uniformly per episode, then the query and supports within it.

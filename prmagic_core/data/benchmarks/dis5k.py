@@ -31,7 +31,7 @@ def _loader(root: Path):
         mask_path = root / "Test" / "gt" / image_path.parent.name / f"{image_path.stem}.png"
         return image, read_binary_mask(mask_path, f"the DIS5K mask of {image_path.name}")
 
-    def load(plan: EpisodePlan, rng) :
+    def load(plan: EpisodePlan, rng):
         return read_pairs(read_pair, plan)
 
     return load

@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ._base import Benchmark, EpisodePlan, Plan, draw_query_and_supports, read_pairs
-from ._files import fail, read_pickle, read_rgb, union_of_segmentations
+from ._coco_masks import union_of_segmentations
+from ._files import fail, read_pickle, read_rgb
 
 NUM_FOLDS = 10
 EPISODES_PER_FOLD = 2300
@@ -29,12 +30,13 @@ def plan_episodes(root: Path, fold: int, shots: int, rng) -> Plan:
     usable = [cid for cid, images in annotations.items() if len(images) > shots]
     per_fold = len(usable) // NUM_FOLDS
     if per_fold == 0:
-        raise fail(pickle_path, f"{len(usable)} categories with more than {shots} images", "at least 10")
+        raise fail(pickle_path, f"{len(usable)} categories with more than {shots} images", f"at least {NUM_FOLDS}")
     fold_classes = [usable[fold + NUM_FOLDS * v] for v in range(per_fold)]
+    images_of = {cid: list(annotations[cid]) for cid in fold_classes}
     episodes = []
     for index in range(EPISODES_PER_FOLD):
         cid = fold_classes[index % per_fold]
-        query, supports = draw_query_and_supports(rng, list(annotations[cid]), shots)
+        query, supports = draw_query_and_supports(rng, images_of[cid], shots)
         episodes.append(EpisodePlan(str(cid), cid, query, supports, f"{cid}-{Path(query).stem}"))
     return Plan(episodes, tuple(str(cid) for cid in fold_classes), _loader(root, annotations))
 

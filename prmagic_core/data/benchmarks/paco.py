@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ._base import Benchmark, EpisodePlan, Plan, draw_query_and_supports, read_pairs
-from ._files import crop, fail, read_pickle, read_rgb, union_of_segmentations
+from ._coco_masks import union_of_segmentations
+from ._files import crop, fail, read_pickle, read_rgb
 
 NUM_FOLDS = 4
 EPISODES_PER_FOLD = 2500

@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ._base import Benchmark, EpisodePlan, Plan, draw_query_and_supports, read_pairs, unique
-from ._files import crop, fail, read_json, read_rgb, union_of_segmentations
+from ._coco_masks import union_of_segmentations
+from ._files import crop, fail, read_json, read_rgb
 
 GROUPS = ("animals", "indoor", "person", "vehicles")
 MAX_EPISODES = 2500

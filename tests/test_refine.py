@@ -1,0 +1,136 @@
+import numpy as np
+import pytest
+import torch
+
+from prmagic_core.baselines import PerSAM, PerSAMF
+from prmagic_core.data import shapeworld
+from prmagic_core.flow import FlowConfig, d_phi
+from prmagic_core.models import decoding
+from prmagic_core.models.encoding import Encoder
+from prmagic_core.refine import refine
+
+
+@pytest.fixture(scope="module")
+def episode():
+    return shapeworld.episodes(1, seed=3)[0]
+
+
+@pytest.fixture(scope="module")
+def prompter(random_tiny, episode):
+    return PerSAMF(train_iters=20).prepare(Encoder(random_tiny), episode.support_images, episode.support_masks,
+                                           episode.query_image)
+
+
+class Recording:
+    """Wraps a prompter and records the embeddings it is given."""
+
+    def __init__(self, inner):
+        self.inner, self.query = inner, inner.query
+        self.similarity_inputs, self.decode_inputs = [], []
+
+    def similarity(self, embedding):
+        self.similarity_inputs.append(embedding.detach().clone())
+        return self.inner.similarity(embedding)
+
+    def sample_prompts(self, similarity, generator):
+        return self.inner.sample_prompts(similarity, generator)
+
+    def decode(self, embedding, prompts, similarity):
+        self.decode_inputs.append(embedding.detach().clone())
+        return self.inner.decode(embedding, prompts, similarity)
+
+
+def test_drift_only_step_moves_the_embedding_by_eta_times_gradient(prompter):
+    rec = Recording(prompter)
+    traj = refine(rec, steps=1, flow=FlowConfig(eta=1e-2, gamma=0.0, clip=None))
+    z0 = prompter.query.embedding
+    moved = rec.similarity_inputs[1]
+    assert torch.equal(moved, z0 + 1e-2 * traj.steps[0].gradient)
+    assert traj.steps[0].noise_norm == 0.0
+
+
+def test_trajectory_shape_and_records(prompter):
+    traj = refine(prompter, steps=3, flow=FlowConfig(eta=1e-2))
+    assert len(traj.steps) == 4 and len(traj.candidates) == 4
+    h, w = prompter.query.original_size
+    for t, step in enumerate(traj.steps):
+        assert step.mask.shape == (h, w) and step.mask.dtype == bool
+        assert step.similarity.shape == (h, w)
+        assert step.logits.shape == (128, 128)
+        if t < 3:
+            assert step.gradient.shape == prompter.query.embedding.shape
+            assert step.drift_norm > 0 and step.noise_norm > 0 and np.isfinite(step.d_phi)
+        else:
+            assert step.gradient is None and step.d_phi is None
+
+
+def test_candidate_zero_is_the_baselines_own_mask(prompter):
+    traj = refine(prompter, steps=2, flow=FlowConfig(eta=1e-2), generator=torch.Generator().manual_seed(4))
+    z0 = prompter.query.embedding
+    similarity = prompter.similarity(z0)
+    mask, _ = prompter.decode(z0, traj.steps[0].prompts, similarity)
+    np.testing.assert_array_equal(traj.steps[0].mask, mask)
+    assert torch.equal(similarity, traj.steps[0].similarity)
+
+
+def test_no_flow_gives_identical_candidates(prompter):
+    traj = refine(prompter, steps=4, flow=FlowConfig(eta=0.0, gamma=0.0))
+    for step in traj.steps[1:]:
+        np.testing.assert_array_equal(step.mask, traj.steps[0].mask)
+        np.testing.assert_array_equal(step.prompts.coords, traj.steps[0].prompts.coords)
+
+
+@pytest.mark.parametrize("grad_at", ["z0", "zt"])
+def test_candidates_are_always_decoded_from_the_original_embedding(prompter, grad_at):
+    rec = Recording(prompter)
+    traj = refine(rec, steps=3, flow=FlowConfig(eta=0.5, gamma=0.5, grad_at=grad_at))
+    z0 = prompter.query.embedding
+    # refined embeddings reach the similarity ...
+    assert any(not torch.equal(z, z0) for z in rec.similarity_inputs[1:])
+    # ... and each candidate equals a fresh decode of its prompts on z0
+    for step in traj.steps:
+        mask, _ = prompter.decode(z0, step.prompts, step.similarity)
+        np.testing.assert_array_equal(step.mask, mask)
+    if grad_at == "z0":
+        assert all(torch.equal(z, z0) for z in rec.decode_inputs)
+    else:
+        assert any(not torch.equal(z, z0) for z in rec.decode_inputs)
+
+
+def test_same_seed_same_trajectory_other_seed_other_noise(prompter):
+    runs = [refine(prompter, 2, FlowConfig(eta=0.1), torch.Generator().manual_seed(s)) for s in (1, 1, 2)]
+    assert torch.equal(runs[0].steps[1].similarity, runs[1].steps[1].similarity)
+    assert not torch.equal(runs[0].steps[1].similarity, runs[2].steps[1].similarity)
+
+
+def test_gradient_of_d_phi_matches_finite_differences(random_tiny, prompter):
+    z0 = prompter.query.embedding
+    prompts = decoding.Prompts(np.array([[50.0, 60.0], [70.0, 40.0]]), np.array([1, 0]))
+
+    def value(z):
+        return d_phi(decoding.decode(random_tiny, z, prompter.query, prompts).best(), "sum")
+
+    z = z0.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(value(z), z)
+    direction = torch.randn(z0.shape, generator=torch.Generator().manual_seed(0))
+    direction /= direction.norm()
+    h = 1e-2
+    with torch.no_grad():
+        numeric = (value(z0 + h * direction) - value(z0 - h * direction)) / (2 * h)
+    analytic = float((grad * direction).sum())
+    assert abs(numeric - analytic) <= 0.05 * abs(analytic) + 1e-2
+
+
+def test_persam_runs_through_the_loop(random_tiny, episode):
+    prompter = PerSAM().prepare(Encoder(random_tiny), episode.support_images, episode.support_masks,
+                                episode.query_image)
+    traj = refine(prompter, steps=2, flow=FlowConfig(eta=1e-2))
+    assert len(traj.candidates) == 3
+    assert list(traj.steps[0].prompts.labels) == [1, 0]
+
+
+def test_bad_loop_arguments(prompter):
+    with pytest.raises(ValueError, match="steps"):
+        refine(prompter, steps=-1)
+    with pytest.raises(ValueError, match="resampling"):
+        refine(prompter, steps=1, resampling="sometimes")

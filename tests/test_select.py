@@ -1,0 +1,103 @@
+import numpy as np
+import pytest
+import torch
+
+from prmagic_core.data import shapeworld
+from prmagic_core.models.encoding import Encoded, Encoder
+from prmagic_core.select import oracle, select
+
+
+@pytest.fixture(scope="module")
+def episode():
+    return shapeworld.episodes(1, seed=11)[0]
+
+
+def _wrong_masks(truth):
+    shifted = np.roll(truth, 40, axis=1)
+    corner = np.zeros_like(truth)
+    corner[:20, :20] = True
+    return shifted, corner
+
+
+@pytest.mark.parametrize("name", ["masked-image", "crop-pool", "pooled"])
+def test_selector_picks_the_candidate_that_matches_the_support(random_tiny, episode, name):
+    # query == support image: the candidate equal to the support mask represents the same object exactly
+    image, truth = episode.support_images[0], episode.support_masks[0]
+    shifted, corner = _wrong_masks(truth)
+    encoder = Encoder(random_tiny)
+    query = encoder.encode(image)
+    chosen = select(name, [shifted, truth, corner], encoder, query, [image], [truth])
+    assert chosen.index == 1
+    assert chosen.scores[1] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_ties_go_to_the_earliest_step_and_duplicates_are_encoded_once(random_tiny, episode):
+    image, truth = episode.query_image, episode.query_mask
+    shifted, _ = _wrong_masks(truth)
+    encoder = Encoder(random_tiny)
+    query = encoder.encode(image)
+    before = encoder.passes
+    chosen = select("masked-image", [shifted, truth, truth, shifted, truth], encoder, query,
+                    episode.support_images, episode.support_masks)
+    # two distinct candidates + the support's masked image
+    assert encoder.passes - before == 3
+    assert chosen.scores[1] == chosen.scores[2] == chosen.scores[4]
+    assert chosen.index in (0, 1)
+    again = select("masked-image", [truth, truth], encoder, query, episode.support_images, episode.support_masks)
+    assert again.index == 0 and encoder.passes - before == 3
+
+
+def test_pooled_selector_needs_no_encoder_pass(random_tiny, episode):
+    encoder = Encoder(random_tiny)
+    query = encoder.encode(episode.query_image)
+    encoder.encode_many(episode.support_images)
+    before = encoder.passes
+    select("pooled", [episode.query_mask, ~episode.query_mask], encoder, query,
+           episode.support_images, episode.support_masks)
+    assert encoder.passes == before
+
+
+def test_pooled_selector_on_a_constructed_embedding():
+    # grid 4x4, two regions with orthogonal features; the support object carries feature A
+    a, b = torch.zeros(8), torch.zeros(8)
+    a[0], b[1] = 1.0, 1.0
+    z = torch.zeros(1, 8, 4, 4)
+    z[0, :, :, :2] = a[:, None, None]
+    z[0, :, :, 2:] = b[:, None, None]
+    image = np.zeros((16, 16, 3), np.uint8)
+    query = Encoded(image, z, (16, 16), (16, 16), 16)
+    left, right = np.zeros((16, 16), bool), np.zeros((16, 16), bool)
+    left[:, :8], right[:, 8:] = True, True
+
+    class FixedEncoder:
+        passes = 0
+
+        def encode_many(self, images):
+            return [query for _ in images]
+
+    chosen = select("pooled", [right, left], FixedEncoder(), query, [image], [left])
+    assert chosen.index == 1 and chosen.scores[1] == pytest.approx(1.0) and chosen.scores[0] == pytest.approx(0.0)
+
+
+def test_oracle_and_unknown_selector(random_tiny, episode):
+    truth = episode.query_mask
+    shifted, corner = _wrong_masks(truth)
+    best = oracle([corner, shifted, truth, truth], truth)
+    assert best.index == 2 and best.scores[2] == 1.0
+    with pytest.raises(ValueError, match="selector must be one of"):
+        select("random", [truth], Encoder(random_tiny), Encoder(random_tiny).encode(episode.query_image),
+               episode.support_images, episode.support_masks)
+
+
+def test_encoder_cache_is_bounded_and_counts(random_tiny):
+    encoder = Encoder(random_tiny, cache_size=2, batch_size=2)
+    images = [np.full((32, 48, 3), v, np.uint8) for v in (10, 20, 30)]
+    first = encoder.encode_many(images + [images[0].copy()])
+    assert encoder.passes == 3
+    assert first[0] is first[3]
+    assert first[0].original_size == (32, 48) and first[0].input_size == (85, 128)
+    encoder.encode(images[2])
+    encoder.encode(images[0])
+    assert encoder.passes == 3  # the two most recently used are cached
+    encoder.encode(images[1])
+    assert encoder.passes == 4  # evicted by the bound
