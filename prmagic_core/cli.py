@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import platform
 import sys
@@ -190,6 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="results CSV, written per episode, resumable")
     p.add_argument("--json", action="store_true", help="last line: a JSON object with the results and settings")
     p.set_defaults(func=cmd_evaluate)
+
+    # Commands that live in their own module: each provides add_arguments(parser) and run(args) -> int.
+    for name, module, help_text in (
+        ("figures", "figures", "run the notebooks with papermill and regenerate every figure"),
+        ("bench", "bench", "time the baseline and PR-MaGIC with each selector; count encoder passes"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        command = importlib.import_module(f"{__package__}.{module}")
+        command.add_arguments(p)
+        p.set_defaults(func=command.run)
     return parser
 
 

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .baselines.base import Baseline
+from .baselines.base import Baseline, Prompter
 from .data.episode import Episode
 from .flow import FlowConfig
 from .models.encoding import Encoder
-from .refine import Trajectory, refine
+from .refine import DecodeMemo, Trajectory, refine
 from .select import oracle, select
 
 
@@ -56,11 +56,22 @@ def run_episode(baseline: Baseline, encoder: Encoder, episode: Episode, steps: i
                 flow: FlowConfig = FlowConfig(), selector: str = "masked-image", seed: int = 0,
                 resampling: str = "fixed") -> EpisodeResult:
     """Refine one episode with ``steps`` flow steps and pick the final mask with ``selector``."""
-    generator = torch.Generator().manual_seed(seed)
     t0 = _now(encoder.device)
     prompter = baseline.prepare(encoder, episode.support_images, episode.support_masks, episode.query_image)
+    result = run_prepared(prompter, encoder, episode, steps, flow, selector, seed, resampling)
+    result.seconds["prepare"] = _now(encoder.device) - t0 - sum(result.seconds.values())
+    return result
+
+
+def run_prepared(prompter: Prompter, encoder: Encoder, episode: Episode, steps: int = 5,
+                 flow: FlowConfig = FlowConfig(), selector: str = "masked-image", seed: int = 0,
+                 resampling: str = "fixed", memo: DecodeMemo | None = None) -> EpisodeResult:
+    """:func:`run_episode` with the baseline already prepared: a sweep over flow settings
+    prepares each episode once (PerSAM-F's fine-tuning, the encodings) and reuses it, and
+    with one ``memo`` shares the decodes on z0 too."""
+    generator = torch.Generator().manual_seed(seed)
     t1 = _now(encoder.device)
-    trajectory = refine(prompter, steps, flow, generator, resampling)
+    trajectory = refine(prompter, steps, flow, generator, resampling, memo)
     t2 = _now(encoder.device)
     chosen = select(selector, trajectory.candidates, encoder, prompter.query,
                     episode.support_images, episode.support_masks)
@@ -74,5 +85,5 @@ def run_episode(baseline: Baseline, encoder: Encoder, episode: Episode, steps: i
         selector_scores=chosen.scores,
         ious=best.scores if best else None,
         oracle_index=best.index if best else None,
-        seconds={"prepare": t1 - t0, "refine": t2 - t1, "select": t3 - t2},
+        seconds={"refine": t2 - t1, "select": t3 - t2},
     )

@@ -54,19 +54,53 @@ def _gradient(prompter: Prompter, z: torch.Tensor, prompts: Prompts, similarity,
     return mask, logits.detach(), float(d.detach()), grad
 
 
+class DecodeMemo:
+    """Differentiable decodes on z0, keyed by what they depend on: the prompts (and the
+    similarity map, for prompters whose decode uses it) and the reduction.
+
+    With ``grad_at="z0"`` the candidate and the gradient are functions of those alone, so
+    steps whose prompts did not move, and sweeps over eta, gamma or seeds of one prepared
+    episode, share them instead of recomputing. Results are identical either way.
+    """
+
+    def __init__(self, prompter: Prompter):
+        self.prompter = prompter
+        self.z0 = prompter.query.embedding.detach()
+        self.calls = 0
+        self._entries = {}
+
+    def _key(self, prompts: Prompts, similarity: torch.Tensor, reduction: str):
+        key = (prompts.coords.tobytes(), prompts.labels.tobytes(), reduction)
+        if self.prompter.decode_uses_similarity:
+            key += (similarity.detach().cpu().numpy().tobytes(),)
+        return key
+
+    def __call__(self, prompts: Prompts, similarity: torch.Tensor, reduction: str):
+        key = self._key(prompts, similarity, reduction)
+        if key not in self._entries:
+            self.calls += 1
+            self._entries[key] = _gradient(self.prompter, self.z0, prompts, similarity, reduction)
+        return self._entries[key]
+
+
 def refine(prompter: Prompter, steps: int = 5, flow: FlowConfig = FlowConfig(),
-           generator: torch.Generator | None = None, resampling: str = "fixed") -> Trajectory:
+           generator: torch.Generator | None = None, resampling: str = "fixed",
+           memo: DecodeMemo | None = None) -> Trajectory:
     """Run T = ``steps`` refinement steps; returns T + 1 candidates and everything behind them.
 
     ``resampling="fixed"`` draws each step's random prompt choices from the same seed, so the
     prompts change only where the similarity map changed (eta = gamma = 0 gives T + 1
     identical candidates); ``"fresh"`` draws new random choices at every step, as the release does.
+    ``memo`` shares the decodes on z0 between runs on the same prompter (see :class:`DecodeMemo`).
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     if resampling not in RESAMPLING:
         raise ValueError(f"resampling must be one of {RESAMPLING}, got {resampling!r}")
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    memo = memo if memo is not None else DecodeMemo(prompter)
+    if memo.prompter is not prompter:
+        raise ValueError("the DecodeMemo belongs to another prompter")
     prompt_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     prompt_rng = torch.Generator().manual_seed(prompt_seed)
 
@@ -81,16 +115,11 @@ def refine(prompter: Prompter, steps: int = 5, flow: FlowConfig = FlowConfig(),
     prompts = sample(similarity)
     trajectory = Trajectory(config=flow)
     for t in range(steps + 1):
+        mask, logits, d, grad = memo(prompts, similarity, flow.reduction)
         if t == steps:
-            with torch.no_grad():
-                mask, logits = prompter.decode(z0, prompts, similarity)
-            trajectory.steps.append(Step(mask, logits.detach(), prompts, similarity.detach()))
+            trajectory.steps.append(Step(mask, logits, prompts, similarity.detach()))
             break
-        if flow.grad_at == "z0":
-            mask, logits, d, grad = _gradient(prompter, z0, prompts, similarity, flow.reduction)
-        else:
-            with torch.no_grad():
-                mask, logits = prompter.decode(z0, prompts, similarity)
+        if flow.grad_at == "zt":
             _, _, d, grad = _gradient(prompter, z0 + delta, prompts, similarity, flow.reduction)
         delta, norms = flow_step(delta, grad, d, flow, generator)
         trajectory.steps.append(

@@ -26,6 +26,7 @@ class Recording:
 
     def __init__(self, inner):
         self.inner, self.query = inner, inner.query
+        self.decode_uses_similarity = inner.decode_uses_similarity
         self.similarity_inputs, self.decode_inputs = [], []
 
     def similarity(self, embedding):
@@ -95,6 +96,24 @@ def test_candidates_are_always_decoded_from_the_original_embedding(prompter, gra
         assert all(torch.equal(z, z0) for z in rec.decode_inputs)
     else:
         assert any(not torch.equal(z, z0) for z in rec.decode_inputs)
+
+
+def test_shared_memo_gives_the_same_trajectories_with_fewer_decodes(prompter):
+    from prmagic_core.refine import DecodeMemo
+
+    settings = [FlowConfig(eta=eta) for eta in (1.0, 1e-1, 1e-3)]
+    alone = [refine(prompter, 3, cfg, torch.Generator().manual_seed(0)) for cfg in settings]
+    memo = DecodeMemo(prompter)
+    shared = [refine(prompter, 3, cfg, torch.Generator().manual_seed(0), memo=memo) for cfg in settings]
+    for a, b in zip(alone, shared):
+        for x, y in zip(a.steps, b.steps):
+            np.testing.assert_array_equal(x.mask, y.mask)
+            np.testing.assert_array_equal(x.prompts.coords, y.prompts.coords)
+            assert (x.gradient is None and y.gradient is None) or torch.equal(x.gradient, y.gradient)
+    distinct = {(s.prompts.coords.tobytes(), s.prompts.labels.tobytes()) for t in shared for s in t.steps}
+    assert memo.calls == len(distinct) < sum(len(t.steps) for t in shared)
+    with pytest.raises(ValueError, match="another prompter"):
+        refine(Recording(prompter), 1, memo=memo)
 
 
 def test_same_seed_same_trajectory_other_seed_other_noise(prompter):

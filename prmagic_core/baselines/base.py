@@ -28,6 +28,9 @@ class Prompter(ABC):
     """One episode's prompt generator and decoder, prepared from its support set."""
 
     query: Encoded
+    # Whether decode() reads the similarity map (PerSAM's attention guidance does); decodes of
+    # a prompter that does not are shared across similarity maps with the same prompts.
+    decode_uses_similarity: bool = True
 
     @abstractmethod
     def similarity(self, embedding: torch.Tensor) -> torch.Tensor:

@@ -309,6 +309,8 @@ def band_prompts(similarity: torch.Tensor, points: int, generator: torch.Generat
 class PerSAMFPrompter(LocationPrior):
     """PerSAM-F's prompter; ``mask_weights`` (3,) and ``loss_history`` come from the support fit."""
 
+    decode_uses_similarity = False
+
     def __init__(self, sam: Sam, target: Target, query: Encoded, mask_weights: torch.Tensor,
                  loss_history: list, points: int, released_point_order: bool):
         super().__init__(sam, target, query)
