@@ -50,14 +50,21 @@ def cmd_info(args) -> int:
 
 
 def cmd_train_tiny(args) -> int:
+    """Train, then evaluate on held-out episodes and write the weights' card beside them."""
     import torch
 
-    from .models.training import TrainConfig, train
+    from .models.loading import load_sam
+    from .models.quality import evaluate_tiny
+    from .models.training import TrainConfig, train, write_card
 
     torch.set_num_threads(args.threads)
     cfg = TrainConfig(steps=args.steps, scenes=args.scenes, seed=args.seed)
-    summary = train(cfg, Path(args.out_dir), resume=args.resume)
-    print(json.dumps(summary))
+    out_dir = Path(args.out_dir)
+    summary = train(cfg, out_dir, resume=args.resume)
+    evaluation = evaluate_tiny(load_sam("tiny", out_dir / "sam_tiny.pt"), episodes=args.eval_episodes)
+    command = "prmagic train-tiny " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["train-tiny"] else "prmagic train-tiny"
+    card = write_card(out_dir / "sam_tiny.json", summary, evaluation, command)
+    print(json.dumps(card["evaluation"]))
     return 0
 
 
@@ -154,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--eval-episodes", type=int, default=200, help="held-out episodes for the card")
     p.set_defaults(func=cmd_train_tiny)
 
     p = sub.add_parser("evaluate-tiny", help="SAM-Tiny's point/box quality on held-out ShapeWorld")

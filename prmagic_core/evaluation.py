@@ -3,17 +3,23 @@
 Every finished episode is one row of a :class:`~prmagic_core.results.ResultsFile` (when
 ``out`` is given), written atomically; a rerun skips the episodes already there, and the
 scores are always recomputed from the rows, so a killed and resumed run reports exactly
-what an uninterrupted one does. Episodes that fail are recorded with their reason and
-counted, never dropped silently.
+what an uninterrupted one does. Episodes that fail (also those whose files cannot be read)
+are recorded with their reason and counted, never dropped silently.
+
+A ``shard`` = (rank, world) runs episodes rank, rank + world, ...; each episode's noise seed
+depends only on (seed, episode id), so shards gathered back in protocol order
+(:func:`in_protocol_order`) are the rows of one process's run.
 """
 from __future__ import annotations
 
 import json
 import zlib
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from .baselines.base import Baseline
+from .data.benchmarks import BenchmarkError
 from .flow import FlowConfig
 from .metrics import METRIC_NAMES, IoUAccumulator, episode_counts
 from .models.encoding import Encoder
@@ -21,12 +27,30 @@ from .pipeline import run_episode
 from .results import ResultsFile
 
 VARIANTS = ("baseline", "top1", "oracle")
-EPISODE_ERRORS = (ValueError, RuntimeError, FloatingPointError, OSError)
+EPISODE_ERRORS = (ValueError, RuntimeError, FloatingPointError, OSError, BenchmarkError)
 
 
 def episode_seed(seed: int, episode_id: str) -> int:
     """The noise seed of one episode: independent of episode order and of sharding."""
     return zlib.crc32(f"{seed}:{episode_id}".encode())
+
+
+def episode_ids(episodes, limit: int | None = None) -> list:
+    """The ids of the first ``limit`` episodes (a lazy sequence's ``episode_ids``, else the episodes' names)."""
+    ids = getattr(episodes, "episode_ids", None)
+    return list(ids if ids is not None else (e.name for e in episodes))[:limit]
+
+
+def shard_path(out, rank: int, world: int) -> Path:
+    """Where rank ``rank`` of ``world`` keeps its rows: ``results.rank0-of-2.csv`` beside ``results.csv``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.rank{rank}-of-{world}{out.suffix}")
+
+
+def in_protocol_order(rows, ids) -> list:
+    """``rows`` (e.g. gathered from shards) sorted as their episodes come in ``ids``."""
+    position = {episode_id: i for i, episode_id in enumerate(ids)}
+    return sorted(rows, key=lambda row: position[row["episode"]])
 
 
 def _row(episode, result) -> dict:
@@ -82,7 +106,7 @@ def evaluate(baseline: Baseline, encoder: Encoder, episodes, steps: int = 5, flo
     ``episodes`` is a sequence of :class:`Episode`, or any lazy sequence with ``episode_ids``.
     """
     settings = dict(settings or {})
-    ids = list(getattr(episodes, "episode_ids", None) or [e.name for e in episodes])[:limit]
+    ids = episode_ids(episodes, limit)
     if len(set(ids)) != len(ids):
         raise ValueError("episode names must be unique (they key the results file)")
     table = ResultsFile(out, settings) if out is not None else None

@@ -101,3 +101,30 @@ def test_encoder_cache_is_bounded_and_counts(random_tiny):
     assert encoder.passes == 3  # the two most recently used are cached
     encoder.encode(images[1])
     assert encoder.passes == 4  # evicted by the bound
+
+
+def _one_by_one(name, encoder, image, mask):
+    """The selector's representation by its definition, one uncached encoder pass per call."""
+    from prmagic_core.select import _crop, _masked_image, _pool
+
+    if name == "masked-image":
+        return _pool(encoder.encode(_masked_image(image, mask)), None)
+    crop, crop_mask = _crop(image, mask)
+    return _pool(encoder.encode(crop), crop_mask)
+
+
+@pytest.mark.parametrize("name", ["masked-image", "crop-pool"])
+def test_batched_cached_selection_equals_the_simple_path(random_tiny, episode, name):
+    truth = episode.query_mask
+    shifted, corner = _wrong_masks(truth)
+    candidates = [truth, shifted, truth, corner, shifted]
+    fast = Encoder(random_tiny, batch_size=8)
+    chosen = select(name, candidates, fast, fast.encode(episode.query_image), episode.support_images,
+                    episode.support_masks)
+    assert fast.passes == 1 + 3 + 1  # query, three distinct candidates, the support
+
+    simple = Encoder(random_tiny, cache_size=0, batch_size=1)
+    support = _one_by_one(name, simple, episode.support_images[0], episode.support_masks[0])
+    scores = [float(torch.dot(_one_by_one(name, simple, episode.query_image, m), support)) for m in candidates]
+    np.testing.assert_allclose(chosen.scores, scores, rtol=0, atol=1e-5)
+    assert chosen.index == int(np.argmax(scores))

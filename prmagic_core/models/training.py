@@ -203,6 +203,8 @@ def _save_atomic(obj, path: Path) -> None:
 
 def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, progress: bool = True) -> dict:
     """Train SAM-Tiny; writes ``checkpoint.pt`` periodically and ``sam_tiny.pt`` at the end."""
+    if cfg.scenes < cfg.images_per_step:
+        raise ValueError(f"scenes ({cfg.scenes}) must be at least images_per_step ({cfg.images_per_step})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -232,7 +234,7 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, progress: bool 
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             _save_atomic(
@@ -245,3 +247,12 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, progress: bool 
                    final_loss=float(np.mean(losses[-50:])) if losses else None)
     (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def write_card(path: Path, summary: dict, evaluation: dict, command: str) -> dict:
+    """The JSON card shipped beside the weights: how they were made and how good they are."""
+    card = dict(command=command, seed=summary["config"]["seed"], steps=summary["steps"],
+                wall_seconds=summary["wall_seconds"], final_loss=summary["final_loss"],
+                config=summary["config"], architecture=TINY_CONFIG, evaluation=evaluation)
+    Path(path).write_text(json.dumps(card, indent=2) + "\n")
+    return card
