@@ -85,5 +85,6 @@ def run_prepared(prompter: Prompter, encoder: Encoder, episode: Episode, steps: 
         selector_scores=chosen.scores,
         ious=best.scores if best else None,
         oracle_index=best.index if best else None,
-        seconds={"refine": t2 - t1, "select": t3 - t2},
+        # A prompter may split its own time further (Matcher: features, matching, decoding, scoring).
+        seconds={"refine": t2 - t1, "select": t3 - t2, **getattr(prompter, "timings", {})},
     )

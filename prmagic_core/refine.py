@@ -70,7 +70,7 @@ class DecodeMemo:
         self._entries = {}
 
     def _key(self, prompts: Prompts, similarity: torch.Tensor, reduction: str):
-        key = (prompts.coords.tobytes(), prompts.labels.tobytes(), reduction)
+        key = (prompts.fingerprint(), reduction)
         if self.prompter.decode_uses_similarity:
             key += (similarity.detach().cpu().numpy().tobytes(),)
         return key

@@ -153,3 +153,15 @@ def test_bad_loop_arguments(prompter):
         refine(prompter, steps=-1)
     with pytest.raises(ValueError, match="resampling"):
         refine(prompter, steps=1, resampling="sometimes")
+
+
+def test_memo_key_covers_what_a_decode_depends_on():
+    from prmagic_core.baselines.matcher.prompter import MatcherPrompts
+
+    coords, labels = np.array([[1.0, 2.0], [3.0, 4.0]]), np.ones(2)
+    plain = decoding.Prompts(coords, labels)
+    one = MatcherPrompts(coords, labels, subsets=(np.array([0, 1]),))
+    other = MatcherPrompts(coords, labels, subsets=(np.array([0]),))
+    boxed = MatcherPrompts(coords, labels, subsets=(np.array([0, 1]),), box=np.array([0.0, 0, 5, 5]))
+    assert len({plain.fingerprint(), one.fingerprint(), other.fingerprint(), boxed.fingerprint()}) == 4
+    assert one.fingerprint() == MatcherPrompts(coords, labels, subsets=(np.array([0, 1]),)).fingerprint()

@@ -31,6 +31,10 @@ class Prompts:
         object.__setattr__(self, "coords", coords)
         object.__setattr__(self, "labels", labels)
 
+    def fingerprint(self) -> bytes:
+        """Everything a decode of these prompts depends on (subclasses carrying more extend it)."""
+        return self.coords.tobytes() + self.labels.tobytes()
+
 
 @dataclass
 class Decoded:

@@ -37,9 +37,10 @@ def load_dinov2(checkpoint: str | Path, device: str = "cpu", architecture: str =
     state = read_state_dict(Path(checkpoint))
     model = timm.create_model(architecture, pretrained=False, img_size=img_size, num_classes=0)
     missing, unexpected = model.load_state_dict(checkpoint_filter_fn(state, model), strict=False)
-    if missing or unexpected:
-        found = f"{len(missing)} missing keys (e.g. {missing[:1]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:1]})"
-        raise CheckpointError(f"{checkpoint}: not a {architecture} checkpoint: {found}")
+    problems = [f"{len(keys)} {what} keys (e.g. {keys[0]})"
+                for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+    if problems:
+        raise CheckpointError(f"{checkpoint}: not a {architecture} checkpoint: {'; '.join(problems)}")
     return model.eval().to(resolve_device(device))
 
 

@@ -57,7 +57,8 @@ class StretchedFrame:
         return F.interpolate(m, self.grid, mode="area").flatten()
 
     def to_image(self, grid_map: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(grid_map[None, None].float(), self.original_size, mode="bilinear", align_corners=False)[0, 0]
+        full = F.interpolate(grid_map[None, None].float(), self.original_size, mode="bilinear", align_corners=False)
+        return full[0, 0]
 
     def centres(self) -> tuple:
         rows, cols = np.meshgrid(np.arange(self.grid[0]), np.arange(self.grid[1]), indexing="ij")
@@ -84,7 +85,7 @@ class TokenGrid:
 
     def __post_init__(self):
         if tuple(self.tokens.shape[-2:]) != tuple(self.frame.grid):
-            raise ValueError(f"tokens on a {tuple(self.tokens.shape[-2:])} grid but the frame's grid is {self.frame.grid}")
+            raise ValueError(f"tokens on a {tuple(self.tokens.shape[-2:])} grid, the frame's is {self.frame.grid}")
 
 
 def normalised_cells(tokens: torch.Tensor) -> torch.Tensor:

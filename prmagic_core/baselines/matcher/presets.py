@@ -73,7 +73,8 @@ PART = MatcherPreset(
 
 PRESETS = {p.name: p for p in (FSS, COCO, PART)}
 # The preset each benchmark of ``data.benchmarks`` runs with, and the default per task kind.
-BENCHMARK_PRESETS = {"fss": "fss", "coco": "coco", "lvis": "coco", "paco": "part", "pascal_part": "part", "dis5k": "part"}
+BENCHMARK_PRESETS = {"fss": "fss", "coco": "coco", "lvis": "coco",
+                     "paco": "part", "pascal_part": "part", "dis5k": "part"}
 KIND_PRESETS = {"object": "fss", "part": "part"}
 
 

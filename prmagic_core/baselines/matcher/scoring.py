@@ -57,8 +57,13 @@ class Metrics:
 
 
 def passing_sam_filters(predicted_iou: np.ndarray, stability: np.ndarray, preset: MatcherPreset) -> np.ndarray:
-    """Indices of the candidates SAM's own quality filters keep; all of them when none would pass."""
-    keep = (predicted_iou > preset.min_predicted_iou) & (stability >= preset.min_stability)
+    """Indices of the candidates SAM's own quality filters keep (a threshold of 0 is off); all of
+    them when none would pass."""
+    keep = np.ones(len(predicted_iou), dtype=bool)
+    if preset.min_predicted_iou > 0:
+        keep &= predicted_iou > preset.min_predicted_iou
+    if preset.min_stability > 0:
+        keep &= stability >= preset.min_stability
     return np.flatnonzero(keep) if keep.any() else np.arange(len(keep))
 
 

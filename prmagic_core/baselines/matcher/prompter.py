@@ -1,0 +1,277 @@
+"""Matcher (Liu et al., ICLR 2024) behind PR-MaGIC's prompter interface.
+
+Per episode (:meth:`Matcher.prepare`): matching features of the supports and the query
+(:mod:`.features`), the support-foreground cells, and the step map of the chosen variant
+(:mod:`.steps`). Then, for a query SAM embedding z (z0 or a refined z_t):
+
+- ``similarity(z)``: the step z - z0 is carried into the matching features, which are
+  L2-normalised and matched both ways (:mod:`.matching`); returns the cosine map of the
+  query features to the support prototype (mean of the normalised foreground features), on
+  the query image. The matching itself is kept for the two calls below.
+- ``sample_prompts(S, generator)``: the matched points of the matching behind S (their
+  k-means centres under the ``fss`` preset), and the random prompt subsets (:mod:`.sampling`).
+- ``decode(z, prompts, S)``: one stock SAM decode per subset on z, Matcher's metrics, filters
+  and merge (:mod:`.scoring`); returns the merged mask and the low-res logits of the
+  best-scored candidate (decoded again with gradient when z requires it), whose reduction is d_phi.
+
+The refined embedding reaches only the matching (hence the prompts and the evidence the
+candidates are scored against, as when Matcher runs whole on moved tokens); SAM always
+decodes from the embedding ``decode`` is given. ``timings`` accumulates the seconds spent
+on features (in prepare), matching, decoding and scoring.
+
+Where this differs from Matcher's release, and why:
+- candidates come only from the matched-point subsets; the COCO/LVIS setting of the release
+  also pools SAM's everything-mode masks (a 64x64 point grid) and runs box NMS (0.65) over
+  all of them, which would multiply the decodes of every refinement step;
+- SAM decodes the query at its own input size with prompts in original-image pixels (the
+  release hands SAM the 518x518 stretched image); SAM's stability score is computed on the
+  low-res logits, not on the upsampled masks;
+- k-means is sklearn's k-means++ (one run, seeded by the prompt generator; the release
+  loops its own until no cluster is empty, which sklearn guarantees); random subsets come
+  from a numpy generator seeded the same way, not from Python's global ``random``;
+- an empty support mask is an error (the release silently fills a centre square); an empty
+  candidate gets emd score 0 (the release scores it as if it covered the whole image); the
+  best-scored candidate always joins the union (see :func:`.scoring.merge_choice`);
+- on SAM-Tiny the matching features are SAM's own (:mod:`.features`) and the subsets per
+  size are capped by the preset (:mod:`.presets`).
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.utils.amg import calculate_stability_score
+
+from ...models import decoding
+from ...models.decoding import Prompts
+from ...models.encoding import Encoded, Encoder, to_image_frame
+from ...models.tiny import TINY_CONFIG
+from ..base import Baseline, Prompter
+from .features import Dinov2Features, SamFeatures
+from .grid import TokenGrid, normalised_cells
+from .matching import bidirectional_match
+from .presets import MatcherPreset, get_preset
+from .sampling import kmeans_centres, prompt_subsets
+from .scoring import Metrics, coverage, emd_score, merge_choice, passing_metric_filters, passing_sam_filters, \
+    points_inside, purity
+from .steps import VARIANTS, ReleasedStep, TransportStep
+
+REMEMBERED_MATCHINGS = 4  # similarity maps whose matching stays available to sample_prompts
+MASK_CHUNK = 64  # candidates brought to full resolution at once
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What one matching leaves for scoring: the matched query points (M, 2) as (x, y) in the
+    query image, and the emd cost (support-foreground cells, query cells) = (1 - cosine) / 2."""
+
+    points: np.ndarray
+    cost: np.ndarray
+
+
+@dataclass(frozen=True)
+class MatcherPrompts(Prompts):
+    """Matcher's prompt points with the subsets decoded from them (index arrays into ``coords``),
+    the box prompt every subset shares (or None), and the evidence of the matching behind them."""
+
+    subsets: tuple = ()
+    box: np.ndarray | None = None
+    evidence: Evidence | None = None
+
+    def fingerprint(self) -> bytes:
+        subsets = b"|".join(np.asarray(s, dtype=np.int64).tobytes() for s in self.subsets)
+        box = b"" if self.box is None else np.asarray(self.box, dtype=np.float64).tobytes()
+        evidence = b"" if self.evidence is None else self.evidence.points.tobytes() + self.evidence.cost.tobytes()
+        return b"#".join((super().fingerprint(), subsets, box, evidence))
+
+
+def check_variant(variant: str) -> str:
+    if variant not in VARIANTS:
+        raise ValueError(f"Matcher variant must be one of {VARIANTS}, got {variant!r}")
+    return variant
+
+
+@contextmanager
+def timed(timings: dict, key: str, device: torch.device):
+    """Add the seconds the block takes to ``timings[key]`` (waiting for the GPU at both ends)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    yield
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
+
+
+class MatcherPrompter(Prompter):
+    # decode() scores against the matching behind the similarity map, so decodes are shared
+    # only between equal maps (the prompts' subsets follow from the map and the prompt seed).
+    decode_uses_similarity = True
+
+    def __init__(self, sam, query: Encoded, query_tokens: TokenGrid, supports: list, support_masks,
+                 preset: MatcherPreset, variant: str, subsets_cap: int | None, timings: dict):
+        self.sam = sam
+        self.query = query
+        self.query_tokens = query_tokens
+        self.preset = preset
+        self.subsets_cap = subsets_cap
+        self.timings = timings
+        self.z0 = query.embedding.detach()
+        features, foreground = [], []
+        for index, (grid, mask) in enumerate(zip(supports, support_masks, strict=True)):
+            _, valid = grid.frame.centres()
+            covered = grid.frame.cells(mask).cpu().numpy()[valid] > 0
+            if not covered.any():
+                raise ValueError(f"support mask {index} is empty (no foreground on the {grid.frame.grid} token grid)")
+            features.append(normalised_cells(grid.tokens)[torch.as_tensor(valid)])
+            foreground.append(covered)
+        self.support = torch.cat(features)
+        self.foreground = np.concatenate(foreground)
+        self.object_features = self.support[torch.as_tensor(self.foreground)]
+        self.prototype = F.normalize(self.object_features.mean(0), dim=0)
+        self.centres, valid = query_tokens.frame.centres()
+        self.valid_cells = np.flatnonzero(valid)
+        if check_variant(variant) == "released":
+            self.step_map = ReleasedStep(query_tokens.tokens.shape[0], query_tokens.frame.grid)
+        else:
+            self.step_map = TransportStep.fit(self.z0, query_tokens)
+        self._matchings: list = []
+
+    @contextmanager
+    def _timed(self, key: str):
+        with timed(self.timings, key, self.z0.device):
+            yield
+
+    def matching_features(self, embedding: torch.Tensor) -> torch.Tensor:
+        """The query's L2-normalised matching features (h*w, C) with the step ``embedding`` - z0 carried in."""
+        step = embedding.detach() - self.z0
+        return normalised_cells(self.query_tokens.tokens + self.step_map(step))
+
+    def similarity(self, embedding: torch.Tensor) -> torch.Tensor:
+        with self._timed("matching"):
+            features = self.matching_features(embedding)
+            matches = bidirectional_match(self.support, self.foreground, features[torch.as_tensor(self.valid_cells)])
+            cost = ((1 - self.object_features @ features.T) / 2).cpu().numpy()
+            evidence = Evidence(self.centres[self.valid_cells[matches.query]], cost)
+            grid_map = (features @ self.prototype).reshape(self.query_tokens.frame.grid)
+            similarity = self.query_tokens.frame.to_image(grid_map)
+            self._matchings = [(similarity, evidence), *self._matchings][:REMEMBERED_MATCHINGS]
+        return similarity
+
+    def _evidence(self, similarity: torch.Tensor) -> Evidence:
+        for known, evidence in self._matchings:
+            if known is similarity:
+                return evidence
+        raise ValueError("this similarity map was not made by this prompter's similarity() (or is too old)")
+
+    def sample_prompts(self, similarity: torch.Tensor, generator: torch.Generator) -> MatcherPrompts:
+        evidence = self._evidence(similarity)
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device))
+        points = evidence.points
+        if self.preset.centres is not None:
+            points = kmeans_centres(points, self.preset.centres, seed)
+        subsets = prompt_subsets(len(points), self.preset.subset_sizes, self.preset.draws_per_size,
+                                 np.random.default_rng(seed), self.subsets_cap)
+        return MatcherPrompts(points, np.ones(len(points)), tuple(subsets), self._box(evidence.points), evidence)
+
+    def _box(self, points: np.ndarray) -> np.ndarray | None:
+        """The box around all matched points (part preset), inside the image."""
+        if not self.preset.box:
+            return None
+        height, width = self.query.original_size
+        low = np.maximum(points.min(0), 0)
+        high = np.minimum(points.max(0), [width - 1, height - 1])
+        return np.concatenate([low, high]).astype(np.float64)
+
+    def _decode_subset(self, embedding: torch.Tensor, prompts: MatcherPrompts, index: int) -> decoding.Decoded:
+        subset = prompts.subsets[index]
+        points = Prompts(prompts.coords[subset], prompts.labels[subset])
+        return decoding.decode(self.sam, embedding, self.query, points, box=prompts.box,
+                               multimask=self.preset.multimask)
+
+    def decode(self, embedding: torch.Tensor, prompts: Prompts, similarity: torch.Tensor):
+        """Matcher's mask on ``embedding`` from ``prompts`` (``similarity`` is unused: the
+        matching it came from travels with the prompts)."""
+        if not isinstance(prompts, MatcherPrompts) or prompts.evidence is None:
+            raise TypeError("Matcher decodes MatcherPrompts from its own sample_prompts()")
+        with self._timed("decoding"), torch.no_grad():
+            decoded = [self._decode_subset(embedding.detach(), prompts, i) for i in range(len(prompts.subsets))]
+            logits = torch.cat([d.logits for d in decoded])
+            origin = [(i, j) for i, d in enumerate(decoded) for j in range(len(d.iou))]
+            stability = calculate_stability_score(logits, self.sam.mask_threshold, 1.0)
+            pool = passing_sam_filters(torch.cat([d.iou for d in decoded]).cpu().numpy(), stability.cpu().numpy(),
+                                       self.preset)
+        with self._timed("scoring"):
+            metrics = self._metrics(logits[torch.as_tensor(pool, device=logits.device)], prompts.evidence)
+            kept = passing_metric_filters(metrics, self.preset)
+            chosen = pool[kept[merge_choice(metrics.score(self.preset)[kept], self.preset)]]
+            mask = self._masks(logits[torch.as_tensor(chosen, device=logits.device)]).any(0)
+        subset, output = origin[chosen[0]]
+        if not embedding.requires_grad:
+            return mask, logits[chosen[0]]
+        with self._timed("decoding"):
+            return mask, self._decode_subset(embedding, prompts, subset).logits[output]
+
+    def _masks(self, logits: torch.Tensor) -> np.ndarray:
+        return (to_image_frame(logits, self.query) > self.sam.mask_threshold).cpu().numpy()
+
+    def _metrics(self, logits: torch.Tensor, evidence: Evidence) -> Metrics:
+        emd, pure, cover, emd_by_cells = [], [], [], {}
+        frame = self.query_tokens.frame
+        for start in range(0, len(logits), MASK_CHUNK):
+            for mask in self._masks(logits[start : start + MASK_CHUNK]):
+                inside = frame.cells(mask).cpu().numpy() > 0
+                key = inside.tobytes()  # candidates over the same cells have the same emd
+                if key not in emd_by_cells:
+                    emd_by_cells[key] = emd_score(evidence.cost, inside)
+                hits = points_inside(mask, evidence.points)
+                emd.append(emd_by_cells[key])
+                pure.append(purity(hits, int(inside.sum())))
+                cover.append(coverage(hits, len(evidence.points)))
+        return Metrics(np.array(emd), np.array(pure), np.array(cover))
+
+
+class Matcher(Baseline):
+    """Matcher as a PR-MaGIC baseline.
+
+    ``preset``: a :class:`MatcherPreset` or its name (``fss``, ``coco``, ``part``);
+    ``variant``: how a PR-MaGIC step reaches the matching features (``released`` or
+    ``transport``, see :mod:`.steps`); ``dinov2_checkpoint``: the local DINOv2 ViT-L/14
+    weights, loaded on first use onto the SAM's device. Without it matching uses SAM's own
+    features, which is allowed only on SAM-Tiny (on official SAM that would not be Matcher).
+    """
+
+    name = "matcher"
+
+    def __init__(self, preset: MatcherPreset | str = "fss", variant: str = "released", dinov2_checkpoint=None):
+        self.preset = get_preset(preset) if isinstance(preset, str) else preset
+        self.variant = check_variant(variant)
+        self.dinov2_checkpoint = dinov2_checkpoint
+        self._features = None
+
+    def features(self, encoder: Encoder):
+        if self._features is None:
+            if self.dinov2_checkpoint is not None:
+                from ...models.dinov2 import load_dinov2
+
+                self._features = Dinov2Features(load_dinov2(self.dinov2_checkpoint, str(encoder.device)))
+            elif encoder.sam.image_encoder.img_size != TINY_CONFIG["img_size"]:
+                raise ValueError("Matcher on official SAM matches with DINOv2 ViT-L/14: give dinov2_checkpoint")
+            else:
+                self._features = SamFeatures()
+        return self._features
+
+    def prepare(self, encoder: Encoder, support_images, support_masks, query_image: np.ndarray) -> MatcherPrompter:
+        *supports, query = encoder.encode_many([*support_images, query_image])
+        timings = {"features": 0.0, "matching": 0.0, "decoding": 0.0, "scoring": 0.0}
+        with timed(timings, "features", encoder.device):
+            features = self.features(encoder)
+            grids = [features(encoded) for encoded in (*supports, query)]
+        on_tiny = encoder.sam.image_encoder.img_size == TINY_CONFIG["img_size"]
+        cap = self.preset.tiny_subsets_per_size if on_tiny else None
+        return MatcherPrompter(encoder.sam, query, grids[-1], grids[:-1], support_masks, self.preset, self.variant,
+                               cap, timings)
