@@ -103,47 +103,73 @@ def _load_episodes(args, size: int):
 
 
 def cmd_evaluate(args) -> int:
-    import torch
-
+    from . import distributed
     from .baselines import make_baseline
-    from .evaluation import accumulate, evaluate, summarise
+    from .data.benchmarks import BenchmarkError
+    from .evaluation import accumulate, episode_ids, evaluate, in_protocol_order, shard_path, summarise
     from .flow import FlowConfig
     from .models.encoding import Encoder
     from .models.loading import load_sam, resolve_device
+    from .results import ResultsFile
 
     model_type = "tiny" if args.backend == "tiny" else args.model_type
     if args.backend == "sam" and args.checkpoint is None:
         raise ValueError("--backend sam needs --checkpoint PATH to an official SAM checkpoint")
-    device = resolve_device(args.device)
-    sam = load_sam(model_type, args.checkpoint, device=str(device))
-    episodes = _load_episodes(args, sam.image_encoder.img_size)
-    kind = getattr(episodes[0], "kind", args.kind) if len(episodes) else args.kind
-    eta = args.eta if args.eta is not None else (1e-3 if kind == "object" else 1e-4)
-    flow = FlowConfig(eta=eta, gamma=args.gamma, clip=None if args.clip <= 0 else args.clip,
-                      reduction=args.reduction, grad_at=args.grad_at, divergence=args.divergence)
-    baseline = make_baseline(args.baseline, kind=kind, released_point_order=args.released_point_order)
-    limit = min(len(episodes), args.episodes or len(episodes))
-    settings = dict(
-        baseline=args.baseline, backend=args.backend, model_type=model_type,
-        checkpoint=str(args.checkpoint) if args.checkpoint else "shipped tiny weights",
-        dataset="folder" if args.data else args.dataset, data=str(args.data or args.data_root or ""),
-        kind=kind, fold=args.fold, shots=args.shots, episodes=limit, steps=args.steps,
-        selector=args.selector, seed=args.seed, resampling=args.resampling,
-        released_point_order=args.released_point_order, **flow.as_dict(),
-    )
-    rows = evaluate(baseline, Encoder(sam), episodes, steps=args.steps, flow=flow, selector=args.selector,
-                    seed=args.seed, resampling=args.resampling, out=args.out, settings=settings, limit=limit,
-                    progress=not args.json)
+    if args.persam_f_iters < 1:
+        raise ValueError(f"--persam-f-iters must be at least 1, got {args.persam_f_iters}")
+    rank, world, device = distributed.setup(resolve_device(args.device))
+    try:
+        sam = load_sam(model_type, args.checkpoint, device=str(device))
+        try:  # --episode-seed samples the episodes; --seed drives PR-MaGIC's noise only
+            episodes = _load_episodes(argparse.Namespace(**{**vars(args), "seed": args.episode_seed}),
+                                      sam.image_encoder.img_size)
+        except BenchmarkError as err:
+            raise ValueError(str(err)) from None
+        kind = getattr(episodes, "kind", None) or (episodes[0].kind if len(episodes) else args.kind)
+        eta = args.eta if args.eta is not None else (1e-3 if kind == "object" else 1e-4)
+        flow = FlowConfig(eta=eta, gamma=args.gamma, clip=None if args.clip <= 0 else args.clip,
+                          reduction=args.reduction, grad_at=args.grad_at, divergence=args.divergence)
+        baseline = make_baseline(args.baseline, kind=kind, released_point_order=args.released_point_order)
+        fitting = {"persam_f_iters": args.persam_f_iters} if args.baseline == "persam_f" else {}
+        if fitting:  # make_baseline keeps the paper's 1000 iterations
+            baseline.train_iters = args.persam_f_iters
+        limit = min(len(episodes), args.episodes or len(episodes))
+        settings = dict(
+            baseline=args.baseline, backend=args.backend, model_type=model_type,
+            checkpoint=str(args.checkpoint) if args.checkpoint else "shipped tiny weights",
+            dataset="folder" if args.data else args.dataset, data=str(args.data or args.data_root or ""),
+            kind=kind, fold=args.fold, shots=args.shots, episodes=limit, episode_seed=args.episode_seed,
+            steps=args.steps, selector=args.selector, seed=args.seed, resampling=args.resampling,
+            released_point_order=args.released_point_order, **fitting, **flow.as_dict(),
+        )
+        # Under torchrun each rank resumes from its own shard file; rank 0 also keeps the merged
+        # table at --out, whose settings are checked before any work.
+        sharded_out = args.out is not None and world > 1
+        merged = ResultsFile(args.out, settings) if sharded_out and rank == 0 else None
+        rows = evaluate(baseline, Encoder(sam), episodes, steps=args.steps, flow=flow, selector=args.selector,
+                        seed=args.seed, resampling=args.resampling, settings=settings, limit=limit,
+                        out=shard_path(args.out, rank, world) if sharded_out else args.out,
+                        shard=(rank, world), progress=not args.json and rank == 0)
+        if world > 1:
+            rows = in_protocol_order(distributed.gather_rows(rows), episode_ids(episodes, limit))
+        if merged is not None:
+            merged.append([row for row in rows if not merged.done(row["episode"])])
+    finally:
+        distributed.teardown()
     summary = summarise(accumulate(rows), settings)
     summary["device"] = str(device)
+    code = 0 if summary["episodes"] else 1
+    if rank != 0:
+        return code
+    table = sys.stderr if args.json else sys.stdout
     print(f"{'':>10} {'mIoU':>8} {'FB-IoU':>8} {'ep-FB-mIoU':>11}   ({summary['episodes']} episodes, "
-          f"{summary['failed_episodes']} failed)", file=sys.stderr if args.json else sys.stdout)
+          f"{summary['failed_episodes']} failed)", file=table)
     for v, label in (("baseline", "B"), ("top1", "T"), ("oracle", "O")):
         print(f"{label + ' ' + v:>10} {summary[v + '_miou']:8.2f} {summary[v + '_fb_iou']:8.2f} "
-              f"{summary[v + '_episode_fb_miou']:11.2f}", file=sys.stderr if args.json else sys.stdout)
+              f"{summary[v + '_episode_fb_miou']:11.2f}", file=table)
     if args.json:
         _print_json_last(summary)
-    return 0 if summary["episodes"] else 1
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,9 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--selector", default="masked-image", choices=["masked-image", "crop-pool", "pooled"])
     p.add_argument("--resampling", default="fixed", choices=["fixed", "fresh"])
     p.add_argument("--released-point-order", action="store_true", help="PerSAM-F: the release's (row, col) quirk")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default=None, help="results CSV, written per episode, resumable")
+    p.add_argument("--persam-f-iters", type=int, default=1000, help="PerSAM-F's fine-tuning iterations")
+    p.add_argument("--seed", type=int, default=0, help="PR-MaGIC's noise (the release averages 42..46)")
+    p.add_argument("--episode-seed", type=int, default=0, help="episode sampling (benchmarks, ShapeWorld)")
+    p.add_argument("--device", default="auto", help="under torchrun: cuda:LOCAL_RANK or cpu per rank")
+    p.add_argument("--out", default=None,
+                   help="results CSV, written per episode, resumable; under torchrun also one file per rank beside it")
     p.add_argument("--json", action="store_true", help="last line: a JSON object with the results and settings")
     p.set_defaults(func=cmd_evaluate)
 

@@ -101,7 +101,8 @@ def evaluate(baseline: Baseline, encoder: Encoder, episodes, steps: int = 5, flo
              selector: str = "masked-image", seed: int = 0, resampling: str = "fixed", out=None,
              settings: dict | None = None, shard: tuple = (0, 1), limit: int | None = None,
              progress: bool = True) -> list:
-    """Run the first ``limit`` episodes (of this ``shard`` = (rank, world)) not yet in ``out``; returns all rows.
+    """Run this ``shard`` = (rank, world)'s share of the first ``limit`` episodes, skipping those already
+    in ``out``; returns the shard's rows, the ones found in ``out`` included.
 
     ``episodes`` is a sequence of :class:`Episode`, or any lazy sequence with ``episode_ids``.
     """
@@ -109,8 +110,10 @@ def evaluate(baseline: Baseline, encoder: Encoder, episodes, steps: int = 5, flo
     ids = episode_ids(episodes, limit)
     if len(set(ids)) != len(ids):
         raise ValueError("episode names must be unique (they key the results file)")
-    table = ResultsFile(out, settings) if out is not None else None
     rank, world = shard
+    if not 0 <= rank < world:
+        raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
+    table = ResultsFile(out, settings) if out is not None else None
     rows = []
     todo = [i for i in range(rank, len(ids), world) if not (table and table.done(ids[i]))]
     for index in tqdm(todo, disable=not progress, desc=f"{baseline.name} T={steps}"):
