@@ -105,7 +105,6 @@ def _load_episodes(args, size: int):
 def cmd_evaluate(args) -> int:
     from . import distributed
     from .baselines import make_baseline
-    from .data.benchmarks import BenchmarkError
     from .evaluation import accumulate, episode_ids, evaluate, in_protocol_order, shard_path, summarise
     from .flow import FlowConfig
     from .models.encoding import Encoder
@@ -120,19 +119,24 @@ def cmd_evaluate(args) -> int:
     rank, world, device = distributed.setup(resolve_device(args.device))
     try:
         sam = load_sam(model_type, args.checkpoint, device=str(device))
-        try:  # --episode-seed samples the episodes; --seed drives PR-MaGIC's noise only
-            episodes = _load_episodes(argparse.Namespace(**{**vars(args), "seed": args.episode_seed}),
-                                      sam.image_encoder.img_size)
-        except BenchmarkError as err:
-            raise ValueError(str(err)) from None
+        # --episode-seed samples the episodes; --seed drives PR-MaGIC's noise only
+        episodes = _load_episodes(argparse.Namespace(**{**vars(args), "seed": args.episode_seed}),
+                                  sam.image_encoder.img_size)
         kind = getattr(episodes, "kind", None) or (episodes[0].kind if len(episodes) else args.kind)
         eta = args.eta if args.eta is not None else (1e-3 if kind == "object" else 1e-4)
         flow = FlowConfig(eta=eta, gamma=args.gamma, clip=None if args.clip <= 0 else args.clip,
                           reduction=args.reduction, grad_at=args.grad_at, divergence=args.divergence)
-        baseline = make_baseline(args.baseline, kind=kind, released_point_order=args.released_point_order)
-        fitting = {"persam_f_iters": args.persam_f_iters} if args.baseline == "persam_f" else {}
-        if fitting:  # make_baseline keeps the paper's 1000 iterations
-            baseline.train_iters = args.persam_f_iters
+        from .baselines.matcher import BENCHMARK_PRESETS
+
+        baseline = make_baseline(args.baseline, kind=kind, released_point_order=args.released_point_order,
+                                 train_iters=args.persam_f_iters, variant=args.matcher_variant,
+                                 dinov2_checkpoint=args.dinov2_checkpoint, preset=BENCHMARK_PRESETS.get(args.dataset))
+        baseline_settings = {
+            "persam": {},
+            "persam_f": {"persam_f_iters": args.persam_f_iters},
+            "matcher": {"matcher_variant": args.matcher_variant, "matcher_preset": baseline.preset.name,
+                        "dinov2_checkpoint": str(args.dinov2_checkpoint or "")},
+        }[args.baseline]
         limit = min(len(episodes), args.episodes or len(episodes))
         settings = dict(
             baseline=args.baseline, backend=args.backend, model_type=model_type,
@@ -140,7 +144,7 @@ def cmd_evaluate(args) -> int:
             dataset="folder" if args.data else args.dataset, data=str(args.data or args.data_root or ""),
             kind=kind, fold=args.fold, shots=args.shots, episodes=limit, episode_seed=args.episode_seed,
             steps=args.steps, selector=args.selector, seed=args.seed, resampling=args.resampling,
-            released_point_order=args.released_point_order, **fitting, **flow.as_dict(),
+            released_point_order=args.released_point_order, **baseline_settings, **flow.as_dict(),
         )
         # Under torchrun each rank resumes from its own shard file; rank 0 also keeps the merged
         # table at --out, whose settings are checked before any work.
@@ -198,7 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate_tiny)
 
     p = sub.add_parser("evaluate", help="B / T / O of a baseline with PR-MaGIC over episodes")
-    p.add_argument("--baseline", default="persam_f", choices=["persam", "persam_f"])
+    p.add_argument("--baseline", default="persam_f", choices=["persam", "persam_f", "matcher"])
+    p.add_argument("--matcher-variant", default="released", choices=["released", "transport"],
+                   help="how the SAM-space step reaches Matcher's matching features")
+    p.add_argument("--dinov2-checkpoint", default=None,
+                   help="Matcher on the sam backend: a local DINOv2 ViT-L/14 checkpoint (pip install '.[matcher-sam]')")
     p.add_argument("--backend", default="tiny", choices=["tiny", "sam"])
     p.add_argument("--checkpoint", default=None, help="official SAM checkpoint (sam backend)")
     p.add_argument("--model-type", default="vit_b", choices=["vit_b", "vit_l", "vit_h"])

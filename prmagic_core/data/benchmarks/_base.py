@@ -19,7 +19,7 @@ from PIL import Image
 from ..episode import Episode
 
 
-class BenchmarkError(Exception):
+class BenchmarkError(ValueError):
     """A benchmark tree lacks something or holds an unreadable file; the message names the path."""
 
 
