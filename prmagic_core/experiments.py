@@ -11,15 +11,17 @@ score and chosen flag, the oracle flag, the flow step taken after it (d_phi, dri
 norms), its prompts and its mask (packed bits). Rows live in a
 :class:`~prmagic_core.results.ResultsFile` under ``cache_dir``: one file per model, data and
 flow-options setting (the file name carries a hash of them, weights included), shared by every
-notebook, so a figure whose rows are there never loads the model. A sweep computes only the
-trajectories missing from the file; an interrupted sweep keeps what it finished.
+notebook, so a figure whose rows are there never loads the model. A change of weights or of
+the code that computes rows gives a new file (see :func:`source_sha1`). A sweep computes only
+the trajectories missing from the file; an interrupted sweep keeps what it finished.
 
 Where the cost goes: the refine loop runs once per (baseline, flow setting, seed, episode) and
 every selector scores that same trajectory (selectors do not change it); one
 :class:`~prmagic_core.models.encoding.Encoder` per lab caches embeddings by content, so the
 support, the query and repeated candidate masks are encoded once across settings; a baseline's
 prompter (PerSAM-F's 1000-iteration support fit) is prepared once per episode and reused for
-every flow setting and seed. Steps are not a sweep axis: the candidates of T' < T steps are the
+every flow setting and seed, with one :class:`~prmagic_core.refine.DecodeMemo` sharing its
+decodes on z0 (identical prompts decode identically whatever eta, gamma or seed). Steps are not a sweep axis: the candidates of T' < T steps are the
 first T' + 1 of the T-step trajectory (the same seeded draws), and a selector scores each
 candidate on its own, so the top-1 among the first T' + 1 is read off the table
 (``picks(table, selector, max_step=T')``).
@@ -41,10 +43,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .baselines import make_baseline
-from .evaluation import EPISODE_ERRORS, episode_seed
+from .evaluation import EPISODE_ERRORS, episode_ids, episode_seed
 from .flow import FlowConfig, flow_step
 from .metrics import METRIC_NAMES, IoUAccumulator, episode_counts
-from .refine import refine
+from .refine import DecodeMemo, refine
 from .results import ResultsFile
 from .select import SELECTORS, oracle, select
 
@@ -55,12 +57,14 @@ KEY = TRAJECTORY + ("step",)
 COUNTS = ("i_fg", "u_fg", "i_bg", "u_bg")
 BACKENDS = ("tiny", "sam")
 DEFAULT_ETA = {"object": 1e-3, "part": 1e-4}
-METRICS = {
+METRICS = {  # what each number of :func:`metrics` means; headline records carry it
     "miou": METRIC_NAMES["miou"],
     "mean_iou": "mean per-episode foreground IoU % (each episode's IoU, averaged over episodes)",
     "episode_fb_miou": METRIC_NAMES["episode_fb_miou"],
     "fb_iou": METRIC_NAMES["fb_iou"],
 }
+METRIC_LABELS = {"miou": "class-wise mIoU %", "mean_iou": "mean per-episode IoU %",
+                 "episode_fb_miou": "per-episode FB mIoU %", "fb_iou": "FB-IoU %"}  # axis labels
 
 # The paper's numbers (SPEC section 6): 1-shot class-wise mIoU %, (B, T, O).
 PAPER_BTO = {
@@ -84,11 +88,14 @@ class Setup:
     ``backend="sam"``: an official checkpoint of ``model_type`` (``checkpoint`` required).
     ``dataset``: ``shapeworld`` (``kind`` object or part), ``folder`` (``data_root`` a folder of
     episodes) or a benchmark of :mod:`prmagic_core.data.benchmarks` (``data_root`` its root).
+    ``dinov2_checkpoint``: DINOv2 ViT-L/14 weights for Matcher on official SAM (on SAM-Tiny
+    Matcher matches SAM features and needs none).
     """
 
     backend: str = "tiny"
     checkpoint: str | None = None
     model_type: str = "vit_b"
+    dinov2_checkpoint: str | None = None
     dataset: str = "shapeworld"
     data_root: str | None = None
     kind: str = "object"
@@ -163,6 +170,20 @@ class Sweep:
 
 
 _FINGERPRINTS: dict = {}
+PACKAGE = Path(__file__).resolve().parent
+# Modules that only read, plot or dispatch: editing them does not change a row of a table.
+PRESENTATION = {"experiments.py", "viz.py", "figures.py", "bench.py", "cli.py"}
+
+
+def source_sha1() -> str:
+    """SHA-1 of the package's code that computes rows (models, baselines, flow, loop, selectors, data):
+    a table computed by other code is recomputed, never silently reused."""
+    digest = hashlib.sha1()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.parent == PACKAGE and path.name in PRESENTATION:
+            continue
+        digest.update(str(path.relative_to(PACKAGE)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def file_sha1(path) -> str:
@@ -218,12 +239,15 @@ class Scored:
 
 
 def run_trajectory(prompter, encoder, episode, flow: FlowConfig, seed: int, steps: int, resampling: str,
-                   selectors) -> Scored:
-    """Refine once (seeded as ``prmagic evaluate`` seeds the episode), then score it with every selector."""
+                   selectors, memo: DecodeMemo | None = None) -> Scored:
+    """Refine once (seeded as ``prmagic evaluate`` seeds the episode), then score it with every selector.
+
+    ``memo`` (one per prompter) shares the decodes on z0 between the flow settings and seeds of an episode.
+    """
     if episode.query_mask is None:
         raise ValueError(f"episode {episode.name} has no query mask to score against")
     generator = torch.Generator().manual_seed(episode_seed(seed, episode.name))
-    trajectory = refine(prompter, steps, flow, generator, resampling)
+    trajectory = refine(prompter, steps, flow, generator, resampling, memo=memo)
     selections = {name: select(name, trajectory.candidates, encoder, prompter.query, episode.support_images,
                                episode.support_masks) for name in selectors}
     return Scored(trajectory, selections, oracle(trajectory.candidates, episode.query_mask))
@@ -272,6 +296,7 @@ class Lab:
         self._encoder = None
         self._episodes = None
         self._shapeworld: dict = {}
+        self._baselines: dict = {}
 
     # -- model
     @property
@@ -347,8 +372,7 @@ class Lab:
         source = self._source()
         if source is None:
             return [self.episode(i).name for i in range(n)]
-        ids = getattr(source, "episode_ids", None) or [e.name for e in source]
-        return list(ids)[:n]
+        return episode_ids(source, n)
 
     def episode_by_id(self, episode_id: str, n: int):
         return self.episode(self.episode_ids(n).index(episode_id))
@@ -359,7 +383,8 @@ class Lab:
         s = self.setup
         return {
             "table_version": TABLE_VERSION, "backend": s.backend, "model_type": s.sam_type,
-            "weights_sha1": file_sha1(self.weights), "dataset": s.dataset,
+            "weights_sha1": file_sha1(self.weights), "code_sha1": source_sha1(),
+            "dinov2_sha1": file_sha1(s.dinov2_checkpoint) if s.dinov2_checkpoint else None, "dataset": s.dataset,
             "data_root": str(s.data_root) if s.data_root else None, "kind": self.kind, "fold": s.fold,
             "shots": s.shots, "data_seed": s.data_seed, "image_size": self.image_size,
             "device": self.device.type, **sweep.table_settings(),
@@ -370,8 +395,19 @@ class Lab:
         digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
         return self.cache_dir / f"{self.setup.dataset}-{self.kind}-{self.setup.sam_type}-T{sweep.steps}-{digest}.csv"
 
+    def baseline(self, name: str, kind: str, released_point_order: bool = False):
+        """One baseline object per name and options (Matcher keeps its DINOv2 loaded across episodes)."""
+        key = (name, kind, released_point_order)
+        if key not in self._baselines:
+            from .baselines.matcher import BENCHMARK_PRESETS
+
+            self._baselines[key] = make_baseline(name, kind=kind, released_point_order=released_point_order,
+                                                 dinov2_checkpoint=self.setup.dinov2_checkpoint,
+                                                 preset=BENCHMARK_PRESETS.get(self.setup.dataset))
+        return self._baselines[key]
+
     def prepare(self, baseline: str, episode, released_point_order: bool = False):
-        return make_baseline(baseline, kind=episode.kind, released_point_order=released_point_order).prepare(
+        return self.baseline(baseline, episode.kind, released_point_order).prepare(
             self.encoder, episode.support_images, episode.support_masks, episode.query_image)
 
     def sweep(self, sweep: Sweep, progress: bool = True) -> pd.DataFrame:
@@ -392,33 +428,36 @@ class Lab:
         try:
             with tqdm(total=total, disable=not progress or total == 0, desc=f"sweep {self.table_path(sweep).name}") as bar:
                 for (baseline, index), missing in todo.items():
-                    if not missing:
-                        continue
-                    pending.extend(self._episode_rows(baseline, index, ids[index], missing, sweep, bar))
-                    if len(pending) >= self.flush_every * (sweep.steps + 1) or time.monotonic() - last_flush > 30:
-                        flush()
-        finally:
+                    for rows in self._episode_rows(baseline, index, ids[index], missing, sweep):
+                        pending.extend(rows)
+                        bar.update(1)
+                        if len(pending) >= self.flush_every * (sweep.steps + 1) or time.monotonic() - last_flush > 30:
+                            flush()
+        finally:  # an interrupted sweep keeps every trajectory it finished
             flush()
         return select_rows(to_frame(table.rows), sweep, ids)
 
-    def _episode_rows(self, baseline: str, index: int, episode_id: str, missing: list, sweep: Sweep, bar) -> list:
-        rows, class_name = [], "?"
+    def _episode_rows(self, baseline: str, index: int, episode_id: str, missing: list, sweep: Sweep):
+        """Yields the rows of each missing trajectory of one episode; the prompter is prepared once for all."""
+        if not missing:
+            return
+        class_name = "?"
         try:
             episode = self.episode(index)
             class_name = episode.class_name
             prompter = self.prepare(baseline, episode, sweep.released_point_order)
+            memo = DecodeMemo(prompter)
         except EPISODE_ERRORS as err:
-            bar.update(len(missing))
-            return [_failed_row(baseline, f, seed, episode_id, sweep.steps, class_name, err) for f, seed in missing]
+            for flow_key, seed in missing:
+                yield [_failed_row(baseline, flow_key, seed, episode_id, sweep.steps, class_name, err)]
+            return
         for flow_key, seed in missing:
             try:
                 scored = run_trajectory(prompter, self.encoder, episode, sweep.flow(*flow_key), seed, sweep.steps,
-                                        sweep.resampling, sweep.selectors)
-                rows.extend(_rows(scored, episode, baseline, flow_key, seed))
+                                        sweep.resampling, sweep.selectors, memo)
+                yield _rows(scored, episode, baseline, flow_key, seed)
             except EPISODE_ERRORS as err:
-                rows.append(_failed_row(baseline, flow_key, seed, episode_id, sweep.steps, class_name, err))
-            bar.update(1)
-        return rows
+                yield [_failed_row(baseline, flow_key, seed, episode_id, sweep.steps, class_name, err)]
 
     def trace(self, baseline: str, index: int, eta: float, gamma: float = 0.1, drift: bool = True, seed: int = 0,
               sweep: Sweep = Sweep()) -> "Trace":
@@ -668,12 +707,12 @@ def paired_interval(a, b, n_boot: int = 2000, level: float = 0.95, seed: int = 0
 
 
 def direction(interval: dict) -> str:
-    """``"higher"``, ``"lower"`` or ``"indistinguishable"``: where the interval of a - b lies w.r.t. 0."""
+    """Where a lies w.r.t. b by the interval of a - b: ``"above"``, ``"below"`` or ``"indistinguishable from"``."""
     if interval["low"] > 0:
-        return "higher"
+        return "above"
     if interval["high"] < 0:
-        return "lower"
-    return "indistinguishable"
+        return "below"
+    return "indistinguishable from"
 
 
 def selector_misses(table: pd.DataFrame, selector: str, k: int = 4) -> pd.DataFrame:
@@ -695,6 +734,67 @@ def step_norms(table: pd.DataFrame, by=SETTING) -> pd.DataFrame:
     """Mean drift and noise norms, and d_phi, per group and step (steps that moved the embedding)."""
     moved = ok(table).dropna(subset=["drift_norm"])
     return moved.groupby(list(by) + ["step"])[["drift_norm", "noise_norm", "d_phi"]].mean().reset_index()
+
+
+def regimes(table: pd.DataFrame) -> pd.Series:
+    """Which terms of the flow moved the embedding: both, drift only (gamma = 0), noise only, neither."""
+    noise = table.gamma > 0
+    names = np.select([table.drift & noise, table.drift & ~noise, ~table.drift & noise],
+                      ["both", "drift only", "noise only"], default="neither")
+    return pd.Series(names, index=table.index, name="regime")
+
+
+def curve_shape(values, tol: float) -> dict:
+    """How a metric moves over steps: best step, rise to it, fall after it, net change, and a word
+    (``flat``, ``rises then falls``, ``rises``, ``falls`` or ``non-monotonic``; changes <= ``tol`` count as none)."""
+    v = np.asarray(values, dtype=float)
+    best = int(np.argmax(v))
+    out = {"best_step": best, "rise": float(v[best] - v[0]), "fall": float(v[best] - v[-1]),
+           "net": float(v[-1] - v[0]), "range": float(v.max() - v.min())}
+    if out["range"] <= tol:
+        shape = "flat"
+    elif 0 < best < len(v) - 1 and out["rise"] > tol and out["fall"] > tol:
+        shape = "rises then falls"
+    elif out["net"] > tol:
+        shape = "rises"
+    elif out["net"] < -tol:
+        shape = "falls"
+    else:
+        shape = "non-monotonic"
+    return {**out, "shape": shape}
+
+
+def miss_cases(lab: "Lab", table: pd.DataFrame, selector: str, k: int, n_episodes: int) -> list:
+    """The ``k`` worst selector misses as panels for :func:`prmagic_core.viz.misses_figure` (masks from the table)."""
+    cases = []
+    for miss in selector_misses(table, selector, k).to_dict("records"):
+        rows = candidate_rows(table, miss).set_index("step")
+        episode = lab.episode_by_id(miss["episode"], n_episodes)
+        picks_ = {"B": 0, f"T {selector}": int(miss[f"step_T {selector}"]), "O": int(miss["step_O"])}
+        cases.append({
+            "image": episode.query_image, "truth": episode.query_mask,
+            "masks": {label: text_to_mask(rows.loc[t, "mask"]) for label, t in picks_.items()},
+            "prompts": {label: prompts_array(rows.loc[t, "prompts"]) for label, t in picks_.items()},
+            "titles": {label: f"step {t}, IoU {rows.loc[t, 'iou']:.3f}" for label, t in picks_.items()},
+            "title": f"{miss['class']} ({miss['baseline']}, eta {miss['eta']:g}, seed {miss['seed']})",
+        })
+    return cases
+
+
+def markdown_table(frame: pd.DataFrame, floatfmt: str = ".2f", formats: dict | None = None) -> str:
+    """A GitHub-style markdown table of ``frame``: floats formatted with ``floatfmt``, or with
+    ``formats[column]`` for the columns it names."""
+    formats = formats or {}
+
+    def cell(value, column):
+        if isinstance(value, (float, np.floating)):
+            return format(value, formats.get(column, floatfmt))
+        return str(value)
+
+    columns = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(v, c) for v, c in zip(row, columns)) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- theory: scales and a 2-D toy
@@ -726,53 +826,68 @@ def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean())
 
 
-def train_toy_discriminator(real: torch.Tensor, fake: torch.Tensor, steps: int = 300, seed: int = 0):
-    """A small MLP d(x) (the logit of "x is real") trained by logistic loss; returns (model, losses)."""
+def toy_discriminator(seed: int = 0) -> torch.nn.Module:
+    """A small MLP d(x): the logit of "x is real" for 2-D points."""
     torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(2, 64), torch.nn.SiLU(), torch.nn.Linear(64, 64), torch.nn.SiLU(),
-                                torch.nn.Linear(64, 1))
+    return torch.nn.Sequential(torch.nn.Linear(2, 64), torch.nn.SiLU(), torch.nn.Linear(64, 64), torch.nn.SiLU(),
+                               torch.nn.Linear(64, 1))
+
+
+def train_discriminator(model: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor, steps: int) -> list:
+    """``steps`` Adam steps of logistic loss, real labelled 1 and fake 0; returns the losses."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    inputs = torch.cat([real, fake])
+    inputs = torch.cat([real, fake.detach()])
     labels = torch.cat([torch.ones(len(real)), torch.zeros(len(fake))])
     losses = []
-    for _ in range(steps):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(inputs)[:, 0], labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss))
-    return model.eval(), losses
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(inputs)[:, 0], labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+    return losses
 
 
 def toy_flow(flow: FlowConfig, steps: int, n: int = 400, train_steps: int = 300, seed: int = 0,
-             real_mean=(2.0, 1.5), real_std: float = 0.5, fake_mean=(-2.0, -1.0), fake_std: float = 1.0,
-             record=None) -> ToyFlow:
+             retrain_every: int | None = None, retrain_steps: int = 30, real_mean=(2.0, 1.5), real_std: float = 0.5,
+             fake_mean=(-2.0, -1.0), fake_std: float = 1.0, record=None) -> ToyFlow:
     """Fake particles moved toward a real 2-D Gaussian by :func:`flow_step` on a trained discriminator.
 
     As the paper's equation reads (gradient at the moved point): x_t = x_0 + delta_t, and
-    delta_{t+1} = delta_t + eta s(d) clip(grad d(x_t)) + sqrt(2 eta gamma) xi.
+    delta_{t+1} = delta_t + eta s(d) clip(grad d(x_t)) + sqrt(2 eta gamma) xi. The discriminator
+    is trained once against the initial particles (PR-MaGIC's decoder is never retrained either),
+    or, with ``retrain_every``, further trained against the current particles every so many steps,
+    so that d keeps estimating log(mu / rho_t).
     """
     g = torch.Generator().manual_seed(seed)
     real = torch.tensor(real_mean) + real_std * torch.randn(n, 2, generator=g)
     x0 = torch.tensor(fake_mean) + fake_std * torch.randn(n, 2, generator=g)
-    model, losses = train_toy_discriminator(real, x0, train_steps, seed)
+    model = toy_discriminator(seed)
+    losses = train_discriminator(model, real, x0, train_steps)
     record = sorted(set(record or (0, steps // 4, steps // 2, steps)))
     delta = torch.zeros_like(x0)
     snapshots, distance = {0: x0.numpy().copy()}, [energy_distance(x0, real)]
     for t in range(1, steps + 1):
+        if retrain_every and t > 1 and (t - 1) % retrain_every == 0:
+            losses += train_discriminator(model, real, x0 + delta, retrain_steps)
         x = (x0 + delta).requires_grad_(True)
-        d = model(x)[:, 0]
-        (grad,) = torch.autograd.grad(d.sum(), x)  # each particle's own gradient
-        delta, _ = flow_step(delta, grad, float(d.mean()), flow, g)
+        with torch.enable_grad():
+            d = model(x)[:, 0]
+            (grad,) = torch.autograd.grad(d.sum(), x)  # each particle's own gradient
+        delta, _ = flow_step(delta, grad, float(d.detach().mean()), flow, g)
         moved = (x0 + delta).detach()
         distance.append(energy_distance(moved, real))
         if t in record:
             snapshots[t] = moved.numpy().copy()
-    xs = np.linspace(-5, 5, 81)
+    points = np.concatenate([real.numpy(), *snapshots.values()])
+    lo, hi = float(points.min()) - 1.0, float(points.max()) + 1.0
+    xs = np.linspace(lo, hi, 81)
     grid = torch.tensor(np.stack(np.meshgrid(xs, xs), -1).reshape(-1, 2), dtype=torch.float32)
     with torch.no_grad():
         field_d = model(grid)[:, 0].reshape(len(xs), len(xs)).numpy()
-    config = {**flow.as_dict(), "steps": steps, "n": n, "train_steps": train_steps, "seed": seed}
+    config = {**flow.as_dict(), "steps": steps, "n": n, "train_steps": train_steps, "seed": seed,
+              "retrain_every": retrain_every, "retrain_steps": retrain_steps}
     return ToyFlow(real.numpy(), snapshots, np.array(distance), (xs, xs, field_d), losses, config)
 
 
@@ -797,14 +912,15 @@ def _check_finite(value, where: str):
 
 
 def write_headline(name: str, numbers: dict, settings: dict, figures, out_dir) -> Path:
-    """``<out_dir>/<name>.json``: the numbers a notebook claims, its settings and its figures.
+    """``<out_dir>/<name>.json``: the numbers a notebook claims, its settings, its figures and
+    what each metric means.
 
     Every number must be finite: a NaN in a headline is an error here, not a blank in a table.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {"notebook": name, "numbers": _check_finite(numbers, "numbers"),
-              "settings": _check_finite(settings, "settings"), "figures": list(figures)}
+              "settings": _check_finite(settings, "settings"), "figures": list(figures), "metrics": METRICS}
     path = out_dir / f"{name}.json"
     path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return path

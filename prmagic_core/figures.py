@@ -1,9 +1,175 @@
-"""Placeholder replaced by the notebooks work: ``prmagic figures``."""
+"""``prmagic figures``: run every notebook with papermill and regenerate every figure.
+
+    prmagic figures --profile smoke             # the CI check: small parameters, tiny backend
+    prmagic figures --profile full              # the figures in figures/ (tiny backend, 2-core CPU)
+    prmagic figures --only 04 -p n_misses 8     # one notebook, one parameter overridden
+
+Notebooks run in order with kernel ``python3`` and working directory ``notebooks/``; executed
+copies go to ``notebooks/build/`` (git-ignored), figures (PNG + PDF) and one headline JSON per
+notebook to ``figures/``. The tables behind them are cached in ``notebooks/build/cache/`` and
+shared by all notebooks, so a second run only plots (``--fresh`` empties the cache first).
+A profile is a set of papermill parameters; ``-p NAME VALUE`` overrides one (VALUE is read as
+a Python literal when it is one, else as a string); each notebook receives the parameters it
+declares.
+
+Profiles (tiny backend, baselines PerSAM-F and Matcher):
+
+- ``smoke``: 6 episodes, eta in {1e-2, 1e-3}, T = 2, one seed, a shorter 2-D toy.
+  Budget 5 minutes on a 2-core CPU; measured 94 s (2 cores shared
+  with a training job, niced, one thread).
+- ``full``: 24 episodes, eta in {1e-2, 1e-3, 1e-4, 1e-5}, T = 5, seeds 0-2.
+  Budget 30 minutes on a 2-core CPU; estimated ~21 minutes under the same
+  contention from measured per-trajectory costs (the run itself was not completed).
+
+GPU, official SAM (``--backend sam``; not run here, no GPU was available): pass
+``-p checkpoint /path/sam_vit_b_01ec64.pth`` (``-p model_type vit_l`` etc. for other sizes),
+``-p dinov2_checkpoint /path/dinov2_vitl14_pretrain.pth`` for Matcher, ``-p dataset fss
+-p data_root /data/FSS-1000`` for notebooks 01-05, and ``-p data_root /data`` with one folder
+per benchmark (``/data/fss``, ``/data/coco``, ...) for 06, run on its own with ``--only 06``.
+The paper's protocol is ``-p n_episodes 1000 -p seeds "[42, 43, 44, 45, 46]"`` (``n_episodes``
+caps a fold's episodes). Nothing is downloaded: checkpoints and data come from the paths given.
+The cost is encoder passes: per trajectory up to 2 x (T + 1) re-encodings for the two
+re-encoding selectors (identical masks are encoded once), plus the support and query once per
+episode; a vit_b encode takes ~17 s on this CPU and well under a second on a GPU (estimated).
+"""
+from __future__ import annotations
+
+import ast
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+PROFILES = {
+    "smoke": {"n_episodes": 6, "etas": [1e-2, 1e-3], "steps": 2, "seeds": [0],
+              "toy_steps": 100, "toy_train_steps": 150, "toy_particles": 200, "n_misses": 2},
+    "full": {"n_episodes": 24, "etas": [1e-2, 1e-3, 1e-4, 1e-5], "steps": 5, "seeds": [0, 1, 2]},
+}
+
+# Every figure each notebook must write (as <out_dir>/<name>.png and .pdf), in running order.
+FIGURES = {
+    "00_theory": ("00_drift_weights", "00_toy_flow", "00_toy_flow_retrained", "00_toy_flow_paper_constants",
+                  "00_toy_distance", "00_noise_vs_drift"),
+    "01_walkthrough": ("01_episode", "01_steps", "01_prompt_trajectory", "01_scores"),
+    "02_eta_sensitivity": ("02_eta_sensitivity",),
+    "03_optimal_step_histograms": ("03_optimal_step_histogram",),
+    "04_oracle_vs_top1": ("04_bto", "04_scatter", "04_misses"),
+    "05_drift_vs_noise": ("05_regimes", "05_regime_steps", "05_norms"),
+    "06_main_results": ("06_main_results",),
+}
 
 
-def add_arguments(parser):
-    pass
+def add_arguments(parser) -> None:
+    parser.add_argument("--profile", default="full", choices=sorted(PROFILES), help="parameter set (default full)")
+    parser.add_argument("--backend", default=None, choices=["tiny", "sam"], help="default: the notebooks' (tiny)")
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="override one notebook parameter (repeatable)")
+    parser.add_argument("--only", action="append", default=None, metavar="NAME",
+                        help="run only this notebook (name or number prefix, e.g. 04; repeatable)")
+    parser.add_argument("--notebooks", default=str(REPO / "notebooks"), help="folder holding the notebooks")
+    parser.add_argument("--out-dir", default=None, help="figures and headline JSON (default <repo>/figures)")
+    parser.add_argument("--build-dir", default=None, help="executed copies (default <notebooks>/build)")
+    parser.add_argument("--cache-dir", default=None, help="result tables (default <build-dir>/cache)")
+    parser.add_argument("--fresh", action="store_true", help="empty the cache first: recompute every table")
+    parser.add_argument("--kernel", default="python3")
+
+
+def parse_value(text: str):
+    """A Python literal when ``text`` is one (numbers, lists, None, True), else the string itself."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def selected(only) -> list:
+    """The notebooks named by ``--only`` (full names or number prefixes), in running order; all by default."""
+    if not only:
+        return list(FIGURES)
+    chosen = []
+    for item in only:
+        matches = [name for name in FIGURES if name == item or name[:2] == item]
+        if len(matches) != 1:
+            raise ValueError(f"--only {item!r} matches {matches or 'no notebook'}; notebooks: {', '.join(FIGURES)}")
+        chosen.append(matches[0])
+    return [name for name in FIGURES if name in chosen]
+
+
+@contextlib.contextmanager
+def kernel_environment():
+    """The kernel inherits this process's environment: make the package importable from notebooks/
+    (a relative PYTHONPATH would point elsewhere there) and plot headless."""
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "MPLBACKEND")}
+    paths = [str(REPO)] + [str(Path(p).resolve()) for p in (saved["PYTHONPATH"] or "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    os.environ["MPLBACKEND"] = "agg"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def missing_outputs(name: str, out_dir: Path) -> list:
+    """Expected files of notebook ``name`` that are not in ``out_dir``."""
+    expected = [out_dir / f"{name}.json"]
+    expected += [out_dir / f"{fig}.{ext}" for fig in FIGURES[name] for ext in ("png", "pdf")]
+    return [str(p) for p in expected if not p.is_file()]
 
 
 def run(args) -> int:
-    raise NotImplementedError("prmagic figures is not written yet")
+    import papermill
+
+    notebooks = Path(args.notebooks).resolve()
+    if not (notebooks / "00_theory.ipynb").is_file():
+        raise FileNotFoundError(f"{notebooks}: no notebooks there (run from a source checkout, or pass --notebooks DIR)")
+    out_dir = Path(args.out_dir).resolve() if args.out_dir else REPO / "figures"
+    build_dir = Path(args.build_dir).resolve() if args.build_dir else notebooks / "build"
+    cache_dir = Path(args.cache_dir).resolve() if args.cache_dir else build_dir / "cache"
+    if args.fresh and cache_dir.exists():
+        shutil.rmtree(cache_dir)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    names = selected(args.only)
+
+    overrides = {name: parse_value(value) for name, value in args.parameter}
+    if args.backend:
+        overrides["backend"] = args.backend
+    declared = {name: papermill.inspect_notebook(str(notebooks / f"{name}.ipynb")) for name in names}
+    unknown = sorted(set(overrides) - {p for params in declared.values() for p in params})
+    if unknown:
+        raise ValueError(f"no selected notebook has the parameter(s) {', '.join(unknown)}")
+
+    wanted = {**PROFILES[args.profile], **overrides, "out_dir": str(out_dir), "cache_dir": str(cache_dir)}
+    seconds = {}
+    with kernel_environment():
+        for name in names:
+            parameters = {k: v for k, v in wanted.items() if k in declared[name]}
+            executed = build_dir / f"{name}.ipynb"
+            print(f"[figures] {name} ...", file=sys.stderr, flush=True)
+            start = time.perf_counter()
+            try:
+                papermill.execute_notebook(str(notebooks / f"{name}.ipynb"), str(executed), parameters=parameters,
+                                           kernel_name=args.kernel, cwd=str(notebooks), progress_bar=False)
+            except papermill.PapermillExecutionError as err:
+                print(f"prmagic figures: {name} failed in cell {err.exec_count}: {err.ename}: {err.evalue}\n"
+                      f"  executed copy with the traceback: {executed}", file=sys.stderr)
+                return 1
+            seconds[name] = round(time.perf_counter() - start, 1)
+            missing = missing_outputs(name, out_dir)
+            if missing:
+                print(f"prmagic figures: {name} ran but did not write {', '.join(missing)}", file=sys.stderr)
+                return 1
+            print(f"[figures] {name} done in {seconds[name]:.1f} s", file=sys.stderr, flush=True)
+    record = {"profile": args.profile, "parameters": {k: v for k, v in wanted.items() if k not in ("out_dir", "cache_dir")},
+              "seconds": seconds, "total_seconds": round(sum(seconds.values()), 1)}
+    (build_dir / f"runtimes-{args.profile}.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record))
+    return 0
