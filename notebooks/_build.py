@@ -48,7 +48,7 @@ baselines = ["persam_f", "matcher"]  # the paper's two; "persam" works too
 COMMON_SETUP = """\
 from IPython.display import Markdown, display
 
-from prmagic_core import experiments as ex, viz
+from prmagic_core import analysis as an, experiments as ex, viz
 from prmagic_core.baselines import BASELINES
 
 viz.use_style()
@@ -122,6 +122,7 @@ THEORY = [
         import numpy as np
 
         from prmagic_core.flow import DIVERGENCES, FlowConfig, drift_weight
+        from prmagic_core.toy import toy_flow
 
         seed = seeds[0]
         paper_eta = 1e-3
@@ -165,15 +166,15 @@ THEORY = [
         """),
     code("""\
         toy_config = FlowConfig(eta=toy_eta, gamma=toy_gamma, clip=None)
-        toy = ex.toy_flow(toy_config, steps=toy_steps, n=toy_particles, train_steps=toy_train_steps, seed=seed)
+        toy = toy_flow(toy_config, steps=toy_steps, n=toy_particles, train_steps=toy_train_steps, seed=seed)
         figures.save(viz.toy_flow_figure(toy, f"fixed discriminator: eta = {toy_eta:g}, gamma = {toy_gamma:g}, no clipping"),
                      "toy_flow")
-        retrained = ex.toy_flow(toy_config, steps=toy_steps, n=toy_particles, train_steps=toy_train_steps, seed=seed,
-                                retrain_every=toy_retrain_every)
+        retrained = toy_flow(toy_config, steps=toy_steps, n=toy_particles, train_steps=toy_train_steps, seed=seed,
+                             retrain_every=toy_retrain_every)
         figures.save(viz.toy_flow_figure(retrained, f"discriminator retrained every {toy_retrain_every} steps"),
                      "toy_flow_retrained")
-        paper_toy = ex.toy_flow(FlowConfig(eta=paper_eta, gamma=gamma, clip=clip), steps=steps, n=toy_particles,
-                                train_steps=toy_train_steps, seed=seed, record=(0, steps))
+        paper_toy = toy_flow(FlowConfig(eta=paper_eta, gamma=gamma, clip=clip), steps=steps, n=toy_particles,
+                             train_steps=toy_train_steps, seed=seed, record=(0, steps))
         figures.save(viz.toy_flow_figure(paper_toy, f"paper constants: eta = {paper_eta:g}, gamma = {gamma:g}, "
                                          f"clip = {clip:g}, T = {steps}"), "toy_flow_paper_constants")
         figures.save(viz.toy_distance_figure({"fixed discriminator": toy, "retrained discriminator": retrained,
@@ -199,9 +200,9 @@ THEORY = [
         while the noise has standard deviation $\\sqrt{2\\eta\\gamma}$. The ratio does not depend on the model.
         """),
     code("""\
-        scale = ex.noise_vs_drift(etas, gamma=gamma, clip=clip)
+        scale = an.noise_vs_drift(etas, gamma=gamma, clip=clip)
         figures.save(viz.scale_figure(scale), "noise_vs_drift")
-        display(Markdown(ex.markdown_table(scale, ".3g")))
+        display(Markdown(an.markdown_table(scale, ".3g")))
         at = scale.set_index("eta").ratio
         display(Markdown(" ".join(
             f"At eta = {e:g} the noise std is {at[e]:.0f} times the largest possible drift per element." for e in at.index)))
@@ -306,8 +307,8 @@ ETA = [
     parameters(),
     setup("02_eta_sensitivity", """\
         table = lab.sweep(ex.Sweep(baselines=available, etas=etas, seeds=seeds, episodes=n_episodes, steps=steps))
-        per_step = ex.step_metrics(table)
-        curves = ex.over_seeds(per_step, ["baseline", "eta", "step"])
+        per_step = an.step_metrics(table)
+        curves = an.over_seeds(per_step, ["baseline", "eta", "step"])
         """),
     md("""
         ## mIoU against the step
@@ -318,15 +319,15 @@ ETA = [
         """),
     code("""\
         figures.save(viz.metric_vs_step_figure(per_step.assign(eta=per_step.eta.map("{:g}".format)), hue="eta",
-                                               labels=ex.METRIC_LABELS), "eta_sensitivity")
+                                               labels=an.METRIC_LABELS), "eta_sensitivity")
         for m in ("miou", "mean_iou"):
             by_step = curves.pivot_table(index=["baseline", "eta"], columns="step", values=m).add_prefix("step ").reset_index()
-            display(Markdown(f"**{ex.METRIC_LABELS[m]}**, mean over {len(seeds)} seed(s)\\n\\n"
-                             + ex.markdown_table(by_step, formats={"eta": "g"})))
+            display(Markdown(f"**{an.METRIC_LABELS[m]}**, mean over {len(seeds)} seed(s)\\n\\n"
+                             + an.markdown_table(by_step, formats={"eta": "g"})))
         """),
     md("## Does the paper's pattern hold here?"),
     code("""\
-        shapes = {(b, e): ex.curve_shape(c.sort_values("step").miou, tol=0.5) for (b, e), c in curves.groupby(["baseline", "eta"])}
+        shapes = {(b, e): an.curve_shape(c.sort_values("step").miou, tol=0.5) for (b, e), c in curves.groupby(["baseline", "eta"])}
         lines = []
         for b in available:
             big = max(etas)
@@ -350,7 +351,7 @@ ETA = [
             "miou_per_step": {f"{b}/eta={e:g}": c.sort_values("step").miou.tolist() for (b, e), c in curves.groupby(["baseline", "eta"])},
             "mean_iou_per_step": {f"{b}/eta={e:g}": c.sort_values("step").mean_iou.tolist() for (b, e), c in curves.groupby(["baseline", "eta"])},
             "shape": {f"{b}/eta={e:g}": s["shape"] for (b, e), s in shapes.items()},
-            "failed_trajectories": int(len(ex.failures(table))),
+            "failed_trajectories": int(len(an.failures(table))),
         }"""),
 ]
 
@@ -369,14 +370,14 @@ OPTIMAL = [
         eta = ex.DEFAULT_ETA[lab.kind] if eta is None else eta
         settings.update(eta=eta)
         table = lab.sweep(ex.Sweep(baselines=available, etas=[eta], seeds=seeds, episodes=n_episodes, steps=steps))
-        optimal = ex.optimal_steps(table)
-        stats = {b: ex.optimal_step_stats(optimal[optimal.baseline == b]) for b in available}
+        optimal = an.optimal_steps(table)
+        stats = {b: an.optimal_step_stats(optimal[optimal.baseline == b]) for b in available}
         """),
     code("""\
-        figures.save(viz.optimal_step_figure(optimal, ex.PAPER_OPTIMAL_STEP, steps), "optimal_step_histogram")
+        figures.save(viz.optimal_step_figure(optimal, an.PAPER_OPTIMAL_STEP, steps), "optimal_step_histogram")
         """),
     code("""\
-        paper = ex.PAPER_OPTIMAL_STEP
+        paper = an.PAPER_OPTIMAL_STEP
         lines = []
         for b, s in stats.items():
             se = s["std"] / max(s["trajectories"], 1) ** 0.5
@@ -410,10 +411,10 @@ ORACLE = [
         eta = ex.DEFAULT_ETA[lab.kind] if eta is None else eta
         settings.update(eta=eta)
         table = lab.sweep(ex.Sweep(baselines=available, etas=[eta], seeds=seeds, episodes=n_episodes, steps=steps))
-        selectors = ex.selectors_in(table)
-        summary = ex.over_seeds(ex.bto(table), ["baseline", "variant", "selector"])
-        wide = {m: ex.bto_wide(summary, m, by=["baseline"]) for m in ("miou", "mean_iou")}
-        episodes = ex.per_episode(table)
+        selectors = an.selectors_in(table)
+        summary = an.over_seeds(an.bto(table), ["baseline", "variant", "selector"])
+        wide = {m: an.bto_wide(summary, m, by=["baseline"]) for m in ("miou", "mean_iou")}
+        episodes = an.per_episode(table)
         """),
     md("""
         ## B / T / O
@@ -422,24 +423,24 @@ ORACLE = [
         (the few-shot protocol); bottom: mean per-episode IoU.
         """),
     code("""\
-        figures.save(viz.bto_figure(summary, labels=ex.METRIC_LABELS), "bto")
+        figures.save(viz.bto_figure(summary, labels=an.METRIC_LABELS), "bto")
         for m, w in wide.items():
-            display(Markdown(f"**{ex.METRIC_LABELS[m]}**\\n\\n" + ex.markdown_table(w)))
+            display(Markdown(f"**{an.METRIC_LABELS[m]}**\\n\\n" + an.markdown_table(w)))
         """),
     md("## Does top-1 improve on the baseline, and how far is the oracle?"),
     code("""\
-        paper_b, paper_t, paper_o = ex.PAPER_BTO[("persam_f", "fss")]
+        paper_b, paper_t, paper_o = an.PAPER_BTO[("persam_f", "fss")]
         lines, gains = [], {}
         for b in available:
             rows = episodes[episodes.baseline == b]
             for s in selectors:
-                gain = ex.paired_interval(100 * rows[f"iou_T {s}"], 100 * rows.iou_B)
-                gap = ex.paired_interval(100 * rows.iou_O, 100 * rows[f"iou_T {s}"])
+                gain = an.paired_interval(100 * rows[f"iou_T {s}"], 100 * rows.iou_B)
+                gap = an.paired_interval(100 * rows.iou_O, 100 * rows[f"iou_T {s}"])
                 gains[f"{b}/{s}"] = {"T-B": gain["mean"], "T-B_low": gain["low"], "T-B_high": gain["high"],
                                      "O-T": gap["mean"]}
                 lines.append(f"- **{b}, {s}**: T - B = {gain['mean']:+.2f} points of mean IoU "
                              f"(95% interval {gain['low']:+.2f} to {gain['high']:+.2f}, {gain['n']} trajectories): "
-                             f"T is {ex.direction(gain)} B. O - T = {gap['mean']:.2f}.")
+                             f"T is {an.direction(gain)} B. O - T = {gap['mean']:.2f}.")
         display(Markdown(
             f"The paper reports T above B for PerSAM-F on every dataset (e.g. FSS-1000: T - B = {paper_t - paper_b:+.2f}, "
             f"O - T = {paper_o - paper_t:.2f} class-wise mIoU). Measured here (eta = {eta:g}, T = {steps}):\\n\\n" + "\\n".join(lines)))
@@ -467,7 +468,7 @@ ORACLE = [
             "miou": {f"{r.baseline}/{r.variant}{'/' + r.selector if r.selector else ''}": r.miou for r in summary.itertuples()},
             "mean_iou": {f"{r.baseline}/{r.variant}{'/' + r.selector if r.selector else ''}": r.mean_iou for r in summary.itertuples()},
             "paired_mean_iou_gains": gains,
-            "failed_trajectories": int(len(ex.failures(table))),
+            "failed_trajectories": int(len(an.failures(table))),
         }"""),
 ]
 
@@ -490,21 +491,21 @@ DRIFT = [
         settings.update(eta=eta, gamma=gamma, selector=selector)
         table = lab.sweep(ex.Sweep(baselines=available, etas=[eta], gammas=[0.0, gamma], drifts=[True, False],
                                    seeds=seeds, episodes=n_episodes, steps=steps))
-        table = table.assign(regime=ex.regimes(table))
+        table = table.assign(regime=an.regimes(table))
         order = ["both", "drift only", "noise only", "neither"]
-        summary = ex.over_seeds(ex.bto(table, [selector], by=["baseline", "regime", "seed"]),
+        summary = an.over_seeds(an.bto(table, [selector], by=["baseline", "regime", "seed"]),
                                 ["baseline", "regime", "variant", "selector"])
         """),
     md("## B / T / O under each flow"),
     code("""\
         ordered = summary.sort_values("regime", key=lambda r: r.map(order.index), kind="stable")
-        figures.save(viz.bto_figure(ordered, labels=ex.METRIC_LABELS, by="regime", panel="baseline"), "regimes")
-        per_step = ex.step_metrics(table, by=["baseline", "regime", "seed"])
-        figures.save(viz.metric_vs_step_figure(per_step, hue="regime", labels=ex.METRIC_LABELS), "regime_steps")
+        figures.save(viz.bto_figure(ordered, labels=an.METRIC_LABELS, by="regime", panel="baseline"), "regimes")
+        per_step = an.step_metrics(table, by=["baseline", "regime", "seed"])
+        figures.save(viz.metric_vs_step_figure(per_step, hue="regime", labels=an.METRIC_LABELS), "regime_steps")
         """),
     md("## How large is each term?"),
     code("""\
-        norms = ex.step_norms(table, by=["baseline", "regime"])
+        norms = an.step_norms(table, by=["baseline", "regime"])
         figures.save(viz.norms_figure(norms[norms.regime == "both"], hue="baseline"), "norms")
         both = norms[norms.regime == "both"]
         ratio = float((both.noise_norm / both.drift_norm).mean())
@@ -513,19 +514,19 @@ DRIFT = [
                          f"the same seeds draw the same noise, of norm sqrt(2 eta gamma) times the root of the embedding size."))
         """),
     code("""\
-        wide = ex.bto_wide(summary, "mean_iou", by=["baseline", "regime"]).set_index(["baseline", "regime"])
-        episodes = ex.per_episode(table.drop(columns="regime"), [selector]).assign(
-            regime=lambda f: ex.regimes(f))
+        wide = an.bto_wide(summary, "mean_iou", by=["baseline", "regime"]).set_index(["baseline", "regime"])
+        episodes = an.per_episode(table.drop(columns="regime"), [selector]).assign(
+            regime=lambda f: an.regimes(f))
         gains = {}
         lines = []
         for b in available:
             for r in order:
                 rows = episodes[(episodes.baseline == b) & (episodes.regime == r)]
-                gain = ex.paired_interval(100 * rows[f"iou_T {selector}"], 100 * rows.iou_B)
+                gain = an.paired_interval(100 * rows[f"iou_T {selector}"], 100 * rows.iou_B)
                 gains[f"{b}/{r}"] = {"T-B": gain["mean"], "low": gain["low"], "high": gain["high"],
                                      "O-B": float(100 * (rows.iou_O - rows.iou_B).mean())}
                 lines.append(f"- {b}, **{r}**: T - B = {gain['mean']:+.2f} (95% interval {gain['low']:+.2f} to "
-                             f"{gain['high']:+.2f}: T is {ex.direction(gain)} B); O - B = {gains[f'{b}/{r}']['O-B']:.2f}.")
+                             f"{gain['high']:+.2f}: T is {an.direction(gain)} B); O - B = {gains[f'{b}/{r}']['O-B']:.2f}.")
             full, noise = gains[f"{b}/both"], gains[f"{b}/noise only"]
             if abs(full["O-B"]) > 1e-9:
                 lines.append(f"  Noise alone reaches {100 * noise['O-B'] / full['O-B']:.0f}% of the full flow's oracle gain "
@@ -570,14 +571,14 @@ MAIN = [
             task_lab = ex.Lab(task_setup, cache_dir)
             eta = ex.DEFAULT_ETA[task_lab.kind]
             table = task_lab.sweep(ex.Sweep(baselines=available, etas=[eta], seeds=seeds, episodes=n_episodes, steps=steps))
-            summary = ex.over_seeds(ex.bto(table, [selector]), ["baseline", "variant"])
+            summary = an.over_seeds(an.bto(table, [selector]), ["baseline", "variant"])
             for b in available:
                 row = {"dataset": task, "task": "part" if task_lab.kind == "part" else "semantic", "baseline": b, "eta": eta}
                 for r in summary[summary.baseline == b].itertuples():
                     for m in ("miou", "mean_iou", "episode_fb_miou"):
                         row[f"{r.variant}_{m}"] = getattr(r, m)
                 row["episodes"] = int(summary[(summary.baseline == b) & (summary.variant == "B")].episodes.iloc[0])
-                row["failed"] = int((ex.failures(table).baseline == b).sum())
+                row["failed"] = int((an.failures(table).baseline == b).sum())
                 results.append(row)
         results = pd.DataFrame(results)
         """),
@@ -586,12 +587,12 @@ MAIN = [
         for m in ("miou", "mean_iou", "episode_fb_miou"):
             shown = results[["task", "dataset", "baseline", f"B_{m}", f"T_{m}", f"O_{m}", "episodes", "failed"]]
             shown = shown.rename(columns={f"{v}_{m}": v for v in "BTO"})
-            display(Markdown(f"**{ex.METRIC_LABELS[m]}** (B = baseline, T = top-1 with {selector}, O = oracle; "
-                             f"mean over {len(seeds)} seed(s), T = {steps})\\n\\n" + ex.markdown_table(shown)))
-        paper = pd.DataFrame([{"dataset": d, "baseline": b, "B": v[0], "T": v[1], "O": v[2]} for (b, d), v in ex.PAPER_BTO.items()])
+            display(Markdown(f"**{an.METRIC_LABELS[m]}** (B = baseline, T = top-1 with {selector}, O = oracle; "
+                             f"mean over {len(seeds)} seed(s), T = {steps})\\n\\n" + an.markdown_table(shown)))
+        paper = pd.DataFrame([{"dataset": d, "baseline": b, "B": v[0], "T": v[1], "O": v[2]} for (b, d), v in an.PAPER_BTO.items()])
         display(Markdown("The paper's 1-shot class-wise mIoU %, for reference (real benchmarks, official SAM):\\n\\n"
-                         + ex.markdown_table(paper)))
-        figures.save(viz.main_results_figure(results, labels=ex.METRIC_LABELS), "main_results")
+                         + an.markdown_table(paper)))
+        figures.save(viz.main_results_figure(results, labels=an.METRIC_LABELS), "main_results")
         """),
     md("## Measured against the paper's claims"),
     code("""\

@@ -1,0 +1,290 @@
+"""Pure functions from a sweep's table to the numbers figures plot and notebooks claim.
+
+    table = lab.sweep(sweep)    # a :class:`~prmagic_core.experiments.Lab`'s tidy table
+    bto(table)                  # B / T per selector / O per setting and seed, both metrics
+    step_metrics(table)         # the mIoU of a fixed step, per setting, seed and step
+    picks(table, "masked-image", max_step=2)   # the top-1 of a shorter trajectory, read off the table
+
+Nothing here runs a model or reads a file: every function takes a table (or numbers) and returns
+numbers. The columns both sides agree on are named here (:data:`KEY`, :data:`COUNTS`);
+:mod:`prmagic_core.experiments` writes its rows with them.
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from .metrics import METRIC_NAMES, IoUAccumulator
+
+if TYPE_CHECKING:
+    from .experiments import Sweep
+
+SETTING = ("baseline", "eta", "gamma", "drift")
+TRAJECTORY = SETTING + ("seed", "episode")
+KEY = TRAJECTORY + ("step",)
+COUNTS = ("i_fg", "u_fg", "i_bg", "u_bg")
+METRICS = {  # what each number of :func:`metrics` means; headline records carry it
+    "miou": METRIC_NAMES["miou"],
+    "mean_iou": "mean per-episode foreground IoU % (each episode's IoU, averaged over episodes)",
+    "episode_fb_miou": METRIC_NAMES["episode_fb_miou"],
+    "fb_iou": METRIC_NAMES["fb_iou"],
+}
+METRIC_LABELS = {"miou": "class-wise mIoU %", "mean_iou": "mean per-episode IoU %",
+                 "episode_fb_miou": "per-episode FB mIoU %", "fb_iou": "FB-IoU %"}  # axis labels
+
+# The paper's numbers (SPEC section 6): 1-shot class-wise mIoU %, (B, T, O).
+PAPER_BTO = {
+    ("persam_f", "fss"): (58.41, 67.19, 72.45), ("persam_f", "coco"): (44.64, 46.83, 51.74),
+    ("persam_f", "lvis"): (42.37, 44.48, 47.29), ("persam_f", "paco"): (39.60, 40.72, 43.39),
+    ("persam_f", "pascal_part"): (42.72, 43.87, 46.43), ("persam_f", "dis5k"): (46.82, 49.99, 53.46),
+    ("matcher", "fss"): (92.08, 92.06, 93.55), ("matcher", "coco"): (69.53, 71.23, 76.14),
+    ("matcher", "lvis"): (59.39, 61.52, 64.75), ("matcher", "paco"): (50.27, 54.08, 56.71),
+    ("matcher", "pascal_part"): (54.76, 58.28, 61.13), ("matcher", "dis5k"): (46.65, 55.08, 58.10),
+}
+PAPER_OPTIMAL_STEP = {"mean": 3.0, "std": 1.8}  # Tab. 2: mean ~3, std ~1.7-1.8
+
+
+# ---------------------------------------------------------------- table -> numbers (pure)
+
+_NUMERIC = ("eta", "gamma", "seed", "step", "iou", *COUNTS, "oracle", "d_phi", "drift_norm", "noise_norm")
+
+
+def to_frame(rows) -> pd.DataFrame:
+    """A typed DataFrame from table rows (dicts of strings, as a ResultsFile holds them)."""
+    frame = pd.DataFrame(list(rows))
+    if frame.empty:
+        return frame
+    for column in frame.columns:
+        if column in _NUMERIC or column.startswith(("score_", "chosen_")):
+            frame[column] = pd.to_numeric(frame[column].replace("", np.nan))
+    frame["drift"] = frame["drift"].astype(str) == "True"
+    return frame
+
+
+def select_rows(frame: pd.DataFrame, sweep: Sweep, episode_ids) -> pd.DataFrame:
+    """The rows of ``frame`` inside ``sweep``'s grid and episodes (a table file may hold more)."""
+    if frame.empty:
+        return frame
+    keep = (frame.baseline.isin(sweep.baselines) & frame.eta.isin(sweep.etas) & frame.gamma.isin(sweep.gammas)
+            & frame.drift.isin(sweep.drifts) & frame.seed.isin(sweep.seeds) & frame.episode.isin(list(episode_ids)))
+    return frame[keep].sort_values(list(KEY)).reset_index(drop=True)
+
+
+def ok(table: pd.DataFrame) -> pd.DataFrame:
+    return table[table.status == "ok"]
+
+
+def failures(table: pd.DataFrame) -> pd.DataFrame:
+    return table[table.status != "ok"]
+
+
+def picks(table: pd.DataFrame, how, max_step: int | None = None) -> pd.DataFrame:
+    """One row per trajectory: the candidate ``how`` chooses among steps <= ``max_step``.
+
+    ``how``: ``"baseline"`` (step 0, "B"), ``"oracle"`` (highest IoU, "O"), a selector name
+    (highest score, "T"), or an int (that fixed step). Ties go to the earliest step.
+    """
+    t = ok(table)
+    if max_step is not None:
+        t = t[t.step <= max_step]
+    t = t.sort_values(list(KEY))
+    if how == "baseline":
+        return t[t.step == 0]
+    if isinstance(how, (int, np.integer)):
+        return t[t.step == how]
+    column = "iou" if how == "oracle" else f"score_{how}"
+    if column not in t:
+        raise ValueError(f"the table has no column {column!r}; selectors in it: {selectors_in(table)}")
+    return t.loc[t.groupby(list(TRAJECTORY), sort=False)[column].idxmax()]  # idxmax: first of ties
+
+
+def selectors_in(table: pd.DataFrame) -> list:
+    return [c[len("score_"):] for c in table.columns if c.startswith("score_")]
+
+
+def metrics(picked: pd.DataFrame) -> dict:
+    """Every metric of :data:`METRICS` (in %) of one set of picked candidates, and its episode count."""
+    acc = IoUAccumulator()
+    for counts, class_name in zip(picked[list(COUNTS)].to_numpy(dtype=np.int64), picked["class"]):
+        acc.add_counts(counts, class_name)
+    summary = acc.summary()
+    return {"miou": summary["miou"], "mean_iou": 100.0 * float(picked.iou.mean()) if len(picked) else math.nan,
+            "episode_fb_miou": summary["episode_fb_miou"], "fb_iou": summary["fb_iou"], "episodes": acc.episodes}
+
+
+def _grouped(picked: pd.DataFrame, by, **labels) -> list:
+    return [{**dict(zip(by, key if isinstance(key, tuple) else (key,))), **labels, **metrics(group)}
+            for key, group in picked.groupby(list(by), sort=True)]
+
+
+def step_metrics(table: pd.DataFrame, by=SETTING + ("seed",)) -> pd.DataFrame:
+    """Metrics of the candidate at each fixed step, per ``by`` group and step (the eta-sensitivity curves)."""
+    steps = sorted(ok(table).step.unique())
+    return pd.DataFrame([r for s in steps for r in _grouped(picks(table, int(s)), by, step=int(s))])
+
+
+def bto(table: pd.DataFrame, selectors=None, max_step: int | None = None, by=SETTING + ("seed",)) -> pd.DataFrame:
+    """B, T per selector and O, per ``by`` group, long format: columns ``variant`` (B / T / O), ``selector``."""
+    selectors = selectors_in(table) if selectors is None else list(selectors)
+    rows = _grouped(picks(table, "baseline", max_step), by, variant="B", selector="")
+    for name in selectors:
+        rows += _grouped(picks(table, name, max_step), by, variant="T", selector=name)
+    rows += _grouped(picks(table, "oracle", max_step), by, variant="O", selector="")
+    return pd.DataFrame(rows)
+
+
+def over_seeds(frame: pd.DataFrame, by, values=("miou", "mean_iou", "episode_fb_miou", "fb_iou")) -> pd.DataFrame:
+    """Mean, standard deviation (ddof=1; 0 for one seed) and count of ``values`` over seeds."""
+    groups = frame.groupby(list(by), sort=False)
+    out = groups[list(values)].mean()
+    spread = groups[list(values)].std(ddof=1).fillna(0.0).add_suffix("_sd")
+    out = out.join(spread).join(groups.size().rename("seeds")).join(groups["episodes"].sum())
+    return out.reset_index()
+
+
+def bto_wide(summary: pd.DataFrame, metric: str = "miou", by=SETTING) -> pd.DataFrame:
+    """B, one T column per selector, O and O - T gaps, from :func:`over_seeds` of :func:`bto`."""
+    label = summary.variant + summary.selector.map(lambda s: f" {s}" if s else "")
+    wide = summary.assign(label=label).pivot_table(index=list(by), columns="label", values=metric, sort=False)
+    for column in [c for c in wide.columns if c.startswith("T ")]:
+        wide[f"T-B {column[2:]}"] = wide[column] - wide["B"]
+        wide[f"O-T {column[2:]}"] = wide["O"] - wide[column]
+    wide.columns.name = None
+    return wide.reset_index()
+
+
+def per_episode(table: pd.DataFrame, selectors=None, max_step: int | None = None) -> pd.DataFrame:
+    """One row per trajectory: IoU of B, of each selector's T and of O, with the steps chosen."""
+    selectors = selectors_in(table) if selectors is None else list(selectors)
+    keys = list(TRAJECTORY)
+    out = picks(table, "baseline", max_step)[keys + ["class", "iou"]].rename(columns={"iou": "iou_B"})
+    for name, label in [(s, f"T {s}") for s in selectors] + [("oracle", "O")]:
+        chosen = picks(table, name, max_step)[keys + ["iou", "step"]]
+        out = out.merge(chosen.rename(columns={"iou": f"iou_{label}", "step": f"step_{label}"}), on=keys)
+    return out.reset_index(drop=True)
+
+
+def optimal_steps(table: pd.DataFrame) -> pd.DataFrame:
+    """Per trajectory: the oracle step (earliest best), the best IoU, how many steps tie for it,
+    and ``flat`` (every candidate scores the same IoU, so "the optimal step" is not defined)."""
+    t = ok(table).sort_values(list(KEY))
+    groups = t.groupby(list(TRAJECTORY), sort=False)
+    first_best = t.loc[groups.iou.idxmax()].set_index(list(TRAJECTORY))
+    out = pd.DataFrame({"oracle_step": first_best.step, "best_iou": first_best.iou})
+    out["worst_iou"] = groups.iou.min()
+    out["ties"] = t.assign(best=t.iou == groups.iou.transform("max")).groupby(list(TRAJECTORY), sort=False).best.sum()
+    out["flat"] = out.best_iou - out.worst_iou <= 1e-12
+    return out.reset_index()
+
+
+def optimal_step_stats(steps: pd.DataFrame) -> dict:
+    """Mean and std (ddof=1) of the oracle step, over all trajectories and over the non-flat ones."""
+    moving = steps[~steps.flat]
+
+    def stats(s):
+        return (float(s.mean()) if len(s) else math.nan, float(s.std(ddof=1)) if len(s) > 1 else math.nan)
+
+    mean, std = stats(steps.oracle_step)
+    moving_mean, moving_std = stats(moving.oracle_step)
+    return {"mean": mean, "std": std, "trajectories": int(len(steps)), "flat_fraction": float(steps.flat.mean()),
+            "moving_mean": moving_mean, "moving_std": moving_std, "moving_trajectories": int(len(moving))}
+
+
+def paired_interval(a, b, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> dict:
+    """Mean of a - b over paired samples with a bootstrap percentile interval."""
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if diff.size == 0:
+        raise ValueError("paired_interval needs at least one pair")
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, diff.size, size=(n_boot, diff.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return {"mean": float(diff.mean()), "low": float(lo), "high": float(hi), "n": int(diff.size), "level": level}
+
+
+def direction(interval: dict) -> str:
+    """Where a lies w.r.t. b by the interval of a - b: ``"above"``, ``"below"`` or ``"indistinguishable from"``."""
+    if interval["low"] > 0:
+        return "above"
+    if interval["high"] < 0:
+        return "below"
+    return "indistinguishable from"
+
+
+def selector_misses(table: pd.DataFrame, selector: str, k: int = 4) -> pd.DataFrame:
+    """The ``k`` trajectories where ``selector``'s pick falls furthest below the oracle's IoU."""
+    wide = per_episode(table, [selector])
+    wide["gap"] = wide["iou_O"] - wide[f"iou_T {selector}"]
+    return wide[wide.gap > 0].sort_values("gap", ascending=False).head(k).reset_index(drop=True)
+
+
+def candidate_rows(table: pd.DataFrame, trajectory: dict) -> pd.DataFrame:
+    """The rows (one per step) of the trajectory keyed by ``trajectory`` (a dict over TRAJECTORY)."""
+    mask = np.ones(len(table), dtype=bool)
+    for key in TRAJECTORY:
+        mask &= (table[key] == trajectory[key]).to_numpy()
+    return table[mask].sort_values("step")
+
+
+def step_norms(table: pd.DataFrame, by=SETTING) -> pd.DataFrame:
+    """Mean drift and noise norms, and d_phi, per group and step (steps that moved the embedding)."""
+    moved = ok(table).dropna(subset=["drift_norm"])
+    return moved.groupby(list(by) + ["step"])[["drift_norm", "noise_norm", "d_phi"]].mean().reset_index()
+
+
+def regimes(table: pd.DataFrame) -> pd.Series:
+    """Which terms of the flow moved the embedding: both, drift only (gamma = 0), noise only, neither."""
+    noise = table.gamma > 0
+    names = np.select([table.drift & noise, table.drift & ~noise, ~table.drift & noise],
+                      ["both", "drift only", "noise only"], default="neither")
+    return pd.Series(names, index=table.index, name="regime")
+
+
+def curve_shape(values, tol: float) -> dict:
+    """How a metric moves over steps: best step, rise to it, fall after it, net change, and a word
+    (``flat``, ``rises then falls``, ``rises``, ``falls`` or ``non-monotonic``; changes <= ``tol`` count as none)."""
+    v = np.asarray(values, dtype=float)
+    best = int(np.argmax(v))
+    out = {"best_step": best, "rise": float(v[best] - v[0]), "fall": float(v[best] - v[-1]),
+           "net": float(v[-1] - v[0]), "range": float(v.max() - v.min())}
+    if out["range"] <= tol:
+        shape = "flat"
+    elif 0 < best < len(v) - 1 and out["rise"] > tol and out["fall"] > tol:
+        shape = "rises then falls"
+    elif out["net"] > tol:
+        shape = "rises"
+    elif out["net"] < -tol:
+        shape = "falls"
+    else:
+        shape = "non-monotonic"
+    return {**out, "shape": shape}
+
+
+def markdown_table(frame: pd.DataFrame, floatfmt: str = ".2f", formats: dict | None = None) -> str:
+    """A GitHub-style markdown table of ``frame``: floats formatted with ``floatfmt``, or with
+    ``formats[column]`` for the columns it names."""
+    formats = formats or {}
+
+    def cell(value, column):
+        if isinstance(value, (float, np.floating)):
+            return format(value, formats.get(column, floatfmt))
+        return str(value)
+
+    columns = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(v, c) for v, c in zip(row, columns)) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- theory: noise against drift
+
+def noise_vs_drift(etas, gamma: float = 0.1, clip: float = 0.1) -> pd.DataFrame:
+    """Per element and step: the noise std sqrt(2 eta gamma) vs the largest drift eta * clip."""
+    rows = []
+    for eta in etas:
+        noise = math.sqrt(2 * eta * gamma)
+        rows.append({"eta": eta, "gamma": gamma, "clip": clip, "noise_std": noise, "max_drift": eta * clip,
+                     "ratio": noise / (eta * clip) if eta > 0 else math.inf})
+    return pd.DataFrame(rows)

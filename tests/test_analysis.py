@@ -1,0 +1,141 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from prmagic_core import analysis as an
+from prmagic_core.results import ResultsFile
+
+# ---------------------------------------------------------------- constructed tables
+
+
+def trajectory(ious, scores, counts=None, cls="a", episode="e0", seed=0, eta=1e-3, baseline="b", gamma=0.1, drift=True):
+    """Rows of one trajectory: IoU and masked-image score per step; counts default to IoU over a union of 100."""
+    rows = []
+    for t, (iou, score) in enumerate(zip(ious, scores)):
+        i_fg, u_fg = counts[t] if counts else (round(100 * iou), 100)
+        rows.append({"baseline": baseline, "eta": eta, "gamma": gamma, "drift": drift, "seed": seed,
+                     "episode": episode, "step": t, "class": cls, "status": "ok", "iou": iou,
+                     "i_fg": i_fg, "u_fg": u_fg, "i_bg": 50, "u_bg": 100, "score_masked-image": score})
+    return rows
+
+
+@pytest.fixture
+def table():
+    rows = (trajectory([0.2, 0.5, 0.5], [0.9, 0.8, 0.95], episode="e0", cls="a")  # T picks step 2, O step 1 (tie: earliest)
+            + trajectory([0.6, 0.4, 0.3], [0.7, 0.7, 0.1], episode="e1", cls="a")  # T ties at 0 and 1: step 0
+            + trajectory([0.1, 0.1, 0.1], [0.5, 0.6, 0.4], episode="e2", cls="b"))  # flat: every IoU equal
+    return an.to_frame(rows)
+
+
+def test_picks_choose_earliest_of_ties_and_respect_max_step(table):
+    steps = lambda f: dict(zip(f.episode, f.step))  # noqa: E731
+    assert steps(an.picks(table, "baseline")) == {"e0": 0, "e1": 0, "e2": 0}
+    assert steps(an.picks(table, "oracle")) == {"e0": 1, "e1": 0, "e2": 0}
+    assert steps(an.picks(table, "masked-image")) == {"e0": 2, "e1": 0, "e2": 1}
+    assert steps(an.picks(table, "masked-image", max_step=1)) == {"e0": 0, "e1": 0, "e2": 1}
+    assert steps(an.picks(table, 2)) == {"e0": 2, "e1": 2, "e2": 2}
+    with pytest.raises(ValueError, match="crop-pool"):
+        an.picks(table, "crop-pool")
+
+
+def test_metrics_sum_counts_per_class_before_dividing(table):
+    picked = an.picks(table, "oracle")  # e0: 50/100, e1: 60/100 (class a); e2: 10/100 (class b)
+    m = an.metrics(picked)
+    assert m["miou"] == pytest.approx(100 * ((50 + 60) / 200 + 10 / 100) / 2)
+    assert m["mean_iou"] == pytest.approx(100 * (0.5 + 0.6 + 0.1) / 3)
+    assert m["episodes"] == 3
+    # Class-wise and per-episode means differ when a class's episodes have different unions.
+    uneven = an.to_frame(trajectory([0.5], [1.0], counts=[(10, 20)], episode="x")
+                         + trajectory([0.1], [1.0], counts=[(10, 100)], episode="y"))
+    m = an.metrics(an.picks(uneven, "baseline"))
+    assert m["miou"] == pytest.approx(100 * 20 / 120)
+    assert m["mean_iou"] == pytest.approx(30.0)
+
+
+def test_bto_and_wide_gaps(table):
+    summary = an.over_seeds(an.bto(table), ["baseline", "variant", "selector"])
+    by = {(r.variant, r.selector): r.mean_iou for r in summary.itertuples()}
+    assert by[("B", "")] == pytest.approx(100 * (0.2 + 0.6 + 0.1) / 3)
+    assert by[("T", "masked-image")] == pytest.approx(100 * (0.5 + 0.6 + 0.1) / 3)
+    assert by[("O", "")] == pytest.approx(100 * (0.5 + 0.6 + 0.1) / 3)
+    wide = an.bto_wide(summary, "mean_iou", by=["baseline"]).iloc[0]
+    assert wide["T-B masked-image"] == pytest.approx(wide["T masked-image"] - wide["B"])
+    assert wide["O-T masked-image"] == pytest.approx(0.0)
+
+
+def test_step_metrics_one_row_per_setting_seed_and_step(table):
+    per_step = an.step_metrics(table)
+    assert list(per_step.step) == [0, 1, 2]
+    assert per_step.mean_iou.tolist() == pytest.approx([100 * 0.9 / 3, 100 * 1.0 / 3, 100 * 0.9 / 3])
+
+
+def test_over_seeds_mean_and_sample_std():
+    frame = pd.DataFrame({"g": ["x", "x", "y"], "miou": [10.0, 20.0, 5.0], "mean_iou": [1.0, 3.0, 2.0],
+                          "episode_fb_miou": [0.0] * 3, "fb_iou": [0.0] * 3, "episodes": [4, 4, 4]})
+    out = an.over_seeds(frame, ["g"]).set_index("g")
+    assert out.loc["x", "miou"] == 15.0 and out.loc["x", "miou_sd"] == pytest.approx(math.sqrt(50))
+    assert out.loc["y", "miou_sd"] == 0.0 and out.loc["y", "seeds"] == 1 and out.loc["x", "episodes"] == 8
+
+
+def test_optimal_steps_and_stats(table):
+    steps = an.optimal_steps(table).set_index("episode")
+    assert steps.oracle_step.to_dict() == {"e0": 1, "e1": 0, "e2": 0}
+    assert steps.ties.to_dict() == {"e0": 2, "e1": 1, "e2": 3}
+    assert steps.flat.to_dict() == {"e0": False, "e1": False, "e2": True}
+    stats = an.optimal_step_stats(steps.reset_index())
+    assert stats["mean"] == pytest.approx(1 / 3) and stats["std"] == pytest.approx(np.std([1, 0, 0], ddof=1))
+    assert stats["flat_fraction"] == pytest.approx(1 / 3) and stats["moving_mean"] == pytest.approx(0.5)
+
+
+def test_per_episode_and_misses(table):
+    wide = an.per_episode(table).set_index("episode")
+    assert wide.loc["e0", "iou_T masked-image"] == 0.5 and wide.loc["e0", "step_T masked-image"] == 2
+    assert wide.loc["e0", "iou_O"] == 0.5 and wide.loc["e1", "iou_B"] == 0.6
+    assert an.selector_misses(table, "masked-image").empty  # the selector never falls below the oracle here
+    missed = an.to_frame(trajectory([0.2, 0.9], [0.9, 0.1], episode="m"))
+    miss = an.selector_misses(missed, "masked-image")
+    assert miss.episode.tolist() == ["m"] and miss.gap.iloc[0] == pytest.approx(0.7)
+
+
+def test_paired_interval_and_direction():
+    same = an.paired_interval([3.0, 4.0, 5.0], [1.0, 2.0, 3.0])
+    assert same["mean"] == same["low"] == same["high"] == 2.0
+    assert an.direction(same) == "above"
+    assert an.direction(an.paired_interval([0.0, 1.0], [1.0, 0.0])) == "indistinguishable from"
+    assert an.direction(an.paired_interval([0.0], [1.0])) == "below"
+    with pytest.raises(ValueError):
+        an.paired_interval([], [])
+
+
+@pytest.mark.parametrize("values, shape", [
+    ([1, 1.2, 0.9], "flat"), ([1, 3, 2], "rises then falls"), ([1, 2, 3], "rises"), ([3, 2, 1], "falls"),
+    ([1, 0, 1.05], "non-monotonic"),
+])
+def test_curve_shape(values, shape):
+    assert an.curve_shape(values, tol=0.5)["shape"] == shape
+
+
+def test_regimes():
+    frame = pd.DataFrame({"gamma": [0.1, 0.0, 0.1, 0.0], "drift": [True, True, False, False]})
+    assert an.regimes(frame).tolist() == ["both", "drift only", "noise only", "neither"]
+
+
+def test_to_frame_reads_back_results_file_rows(tmp_path, table):
+    file = ResultsFile(tmp_path / "t.csv", {"x": 1}, key=an.KEY)
+    file.append(table.to_dict("records"))
+    again = an.to_frame(ResultsFile(tmp_path / "t.csv", {"x": 1}, key=an.KEY).rows)
+    pd.testing.assert_frame_equal(again[table.columns], table, check_dtype=False)
+
+
+
+def test_markdown_table_formats():
+    text = an.markdown_table(pd.DataFrame({"eta": [1e-3], "miou": [12.345], "name": ["a"]}), formats={"eta": "g"})
+    assert text.splitlines()[2] == "| 0.001 | 12.35 | a |"
+
+
+def test_noise_vs_drift_ratio_at_the_papers_constants():
+    scale = an.noise_vs_drift([1e-3, 1e-4], gamma=0.1, clip=0.1).set_index("eta")
+    assert scale.loc[1e-3, "ratio"] == pytest.approx(math.sqrt(2e-4) / 1e-4)  # 141
+    assert scale.loc[1e-4, "ratio"] == pytest.approx(math.sqrt(2e-5) / 1e-5)  # 447
