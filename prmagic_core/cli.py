@@ -131,12 +131,12 @@ def cmd_evaluate(args) -> int:
         baseline = make_baseline(args.baseline, kind=kind, released_point_order=args.released_point_order,
                                  train_iters=args.persam_f_iters, variant=args.matcher_variant,
                                  dinov2_checkpoint=args.dinov2_checkpoint, preset=BENCHMARK_PRESETS.get(args.dataset))
-        baseline_settings = {
-            "persam": {},
-            "persam_f": {"persam_f_iters": args.persam_f_iters},
-            "matcher": {"matcher_variant": args.matcher_variant, "matcher_preset": baseline.preset.name,
-                        "dinov2_checkpoint": str(args.dinov2_checkpoint or "")},
-        }[args.baseline]
+        baseline_settings = {}
+        if args.baseline == "persam_f":
+            baseline_settings = {"persam_f_iters": args.persam_f_iters}
+        elif args.baseline == "matcher":
+            baseline_settings = {"matcher_variant": args.matcher_variant, "matcher_preset": baseline.preset.name,
+                                 "dinov2_checkpoint": str(args.dinov2_checkpoint or "")}
         limit = min(len(episodes), args.episodes or len(episodes))
         settings = dict(
             baseline=args.baseline, backend=args.backend, model_type=model_type,
