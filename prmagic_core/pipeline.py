@@ -58,8 +58,9 @@ def run_episode(baseline: Baseline, encoder: Encoder, episode: Episode, steps: i
     """Refine one episode with ``steps`` flow steps and pick the final mask with ``selector``."""
     t0 = _now(encoder.device)
     prompter = baseline.prepare(encoder, episode.support_images, episode.support_masks, episode.query_image)
+    prepared = _now(encoder.device) - t0
     result = run_prepared(prompter, encoder, episode, steps, flow, selector, seed, resampling)
-    result.seconds["prepare"] = _now(encoder.device) - t0 - sum(result.seconds.values())
+    result.seconds["prepare"] = prepared
     return result
 
 

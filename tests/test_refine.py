@@ -165,3 +165,11 @@ def test_memo_key_covers_what_a_decode_depends_on():
     boxed = MatcherPrompts(coords, labels, subsets=(np.array([0, 1]),), box=np.array([0.0, 0, 5, 5]))
     assert len({plain.fingerprint(), one.fingerprint(), other.fingerprint(), boxed.fingerprint()}) == 4
     assert one.fingerprint() == MatcherPrompts(coords, labels, subsets=(np.array([0, 1]),)).fingerprint()
+
+
+def test_episode_timings_are_non_negative_and_split(random_tiny, episode):
+    from prmagic_core.pipeline import run_episode
+
+    result = run_episode(PerSAMF(train_iters=5), Encoder(random_tiny), episode, steps=1)
+    assert set(result.seconds) >= {"prepare", "refine", "select"}
+    assert all(v >= 0 for v in result.seconds.values())
