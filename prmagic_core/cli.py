@@ -84,27 +84,21 @@ def cmd_evaluate_tiny(args) -> int:
 
 def _load_episodes(args, size: int):
     """The episodes named by --dataset/--data: ShapeWorld, a folder of episodes, or a real benchmark."""
-    if args.data is not None or args.dataset == "folder":
-        from .data.folder import load_episodes
-
-        root = args.data or args.data_root
-        if root is None:
-            raise ValueError("--dataset folder needs --data DIR")
-        return load_episodes(root)
-    if args.dataset == "shapeworld":
+    if args.dataset == "shapeworld" and args.data is None:
         from .data import shapeworld
 
         return shapeworld.episodes(args.episodes or 100, seed=args.seed, kind=args.kind, shots=args.shots, size=size)
-    from .data.benchmarks import load_benchmark
+    from .data.sources import load_source
 
-    if args.data_root is None:
-        raise ValueError(f"--dataset {args.dataset} needs --data-root PATH")
-    return load_benchmark(args.dataset, args.data_root, fold=args.fold, shots=args.shots, seed=args.seed)
+    if args.data is not None:
+        return load_source("folder", args.data)
+    return load_source(args.dataset, args.data_root, fold=args.fold, shots=args.shots, seed=args.seed)
 
 
 def cmd_evaluate(args) -> int:
     from . import distributed
     from .baselines import make_baseline
+    from .data.sources import kind_of
     from .evaluation import accumulate, episode_ids, evaluate, in_protocol_order, shard_path, summarise
     from .flow import FlowConfig
     from .models.encoding import Encoder
@@ -122,7 +116,7 @@ def cmd_evaluate(args) -> int:
         # --episode-seed samples the episodes; --seed drives PR-MaGIC's noise only
         episodes = _load_episodes(argparse.Namespace(**{**vars(args), "seed": args.episode_seed}),
                                   sam.image_encoder.img_size)
-        kind = getattr(episodes, "kind", None) or (episodes[0].kind if len(episodes) else args.kind)
+        kind = kind_of(episodes, args.kind)
         eta = args.eta if args.eta is not None else (1e-3 if kind == "object" else 1e-4)
         flow = FlowConfig(eta=eta, gamma=args.gamma, clip=None if args.clip <= 0 else args.clip,
                           reduction=args.reduction, grad_at=args.grad_at, divergence=args.divergence)

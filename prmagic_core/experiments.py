@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from .analysis import COUNTS, KEY, METRICS, candidate_rows, select_rows, selector_misses, to_frame
 from .baselines import make_baseline
+from .data.sources import kind_of, load_source
 from .evaluation import EPISODE_ERRORS, episode_ids, episode_seed
 from .flow import FlowConfig
 from .metrics import episode_counts
@@ -318,22 +319,13 @@ class Lab:
     def _source(self):
         s = self.setup
         if self._episodes is None and s.dataset != "shapeworld":
-            if s.dataset == "folder":
-                from .data.folder import load_episodes
-
-                self._episodes = load_episodes(s.data_root)
-            else:
-                from .data.benchmarks import load_benchmark
-
-                self._episodes = load_benchmark(s.dataset, s.data_root, fold=s.fold, shots=s.shots, seed=s.data_seed)
+            self._episodes = load_source(s.dataset, s.data_root, fold=s.fold, shots=s.shots, seed=s.data_seed)
         return self._episodes
 
     @property
     def kind(self) -> str:
         source = self._source()
-        if source is None:
-            return self.setup.kind
-        return getattr(source, "kind", None) or (source[0].kind if len(source) else self.setup.kind)
+        return self.setup.kind if source is None else kind_of(source, self.setup.kind)
 
     def episode(self, index: int):
         """The ``index``-th episode (ShapeWorld's are generated on demand and remembered)."""
