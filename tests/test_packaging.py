@@ -45,3 +45,12 @@ def test_no_committed_file_over_20_mb():
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
     big = [f for f in files if (ROOT / f).is_file() and (ROOT / f).stat().st_size > 20 * 2**20]
     assert not big
+
+
+def test_readme_method_example_runs():
+    block = re.search(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    namespace = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert len(namespace["trajectory"].candidates) == 6
+    assert namespace["final_mask"].shape == namespace["episode"].query_image.shape[:2]
+    assert namespace["best"].scores[namespace["best"].index] >= namespace["best"].scores[0]
