@@ -152,7 +152,9 @@ class Sweep:
 
 _FINGERPRINTS: dict = {}
 PACKAGE = Path(__file__).resolve().parent
-# Modules that only read, plot or dispatch: editing them does not change a row of a table.
+# Modules whose edits do not invalidate cached tables: those that only read, plot or dispatch,
+# and this module itself, whose row-building code is versioned by TABLE_VERSION instead
+# (bump it when _rows or run_trajectory change what a row holds).
 PRESENTATION = {"experiments.py", "analysis.py", "toy.py", "viz.py", "figures.py", "bench.py", "cli.py"}
 
 
