@@ -14,21 +14,25 @@ def _print_json_last(obj: dict) -> None:
 
 
 def cmd_info(args) -> int:
-    import segment_anything
+    from importlib.metadata import PackageNotFoundError, version
+
     import torch
 
+    from . import __version__
     from .models.tiny import TINY_CARD, TINY_WEIGHTS
 
-    def version(module):
-        return getattr(module, "__version__", "installed")
-
-    from . import __version__
+    def installed(distribution: str) -> str:
+        try:
+            return version(distribution)
+        except PackageNotFoundError:
+            return "not installed"
 
     info = {
         "prmagic": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "segment_anything": version(segment_anything),
+        "segment_anything": installed("segment-anything"),
+        "timm": installed("timm"),
         "cuda_available": torch.cuda.is_available(),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "tiny_weights": str(TINY_WEIGHTS),

@@ -84,3 +84,15 @@ def test_shipped_weights_reach_a_quality_floor():
     assert result["point_miou"] > 0.5
     assert result["box_miou"] > 0.6
     assert result["part_point_miou"] > 0.35
+
+
+def test_info_reports_versions_weights_and_backends(capsys):
+    import json
+
+    from prmagic_core.cli import main
+
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert info["tiny_weights_present"] and info["backends"]["tiny"] == "ready"
+    assert info["segment_anything"] != "not installed" and info["torch"] == torch.__version__
+    assert info["tiny_card"]["evaluation"]["point_miou"] >= 0.8
