@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import resource
-import time
 
 import torch
+
+from .timing import clock
 
 SELECTORS = ("pooled", "masked-image", "crop-pool")
 SWEEP_ETAS = (1e-2, 1e-3, 1e-4, 1e-5)
@@ -34,12 +35,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default="auto")
 
 
-def _clock(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
 class Meter:
     """Seconds, encoder passes and (on CUDA) peak memory of one method, summed over episodes."""
 
@@ -50,9 +45,9 @@ class Meter:
 def _measure(meter: Meter, device, encoder, work) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    start, passes = _clock(device), encoder.passes
+    start, passes = clock(device), encoder.passes
     work()
-    meter.seconds += _clock(device) - start
+    meter.seconds += clock(device) - start
     meter.passes += encoder.passes - passes
     if device.type == "cuda":
         meter.peak_mb = max(meter.peak_mb, torch.cuda.max_memory_allocated(device) / 2**20)

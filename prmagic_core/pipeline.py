@@ -8,7 +8,6 @@ highest IoU with the ground truth is the oracle "O".
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +19,7 @@ from .flow import FlowConfig
 from .models.encoding import Encoder
 from .refine import DecodeMemo, Trajectory, refine
 from .select import oracle, select
+from .timing import clock
 
 
 @dataclass
@@ -46,19 +46,13 @@ class EpisodeResult:
         return self.candidates[self.top1_index]
 
 
-def _now(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
 def run_episode(baseline: Baseline, encoder: Encoder, episode: Episode, steps: int = 5,
                 flow: FlowConfig = FlowConfig(), selector: str = "masked-image", seed: int = 0,
                 resampling: str = "fixed") -> EpisodeResult:
     """Refine one episode with ``steps`` flow steps and pick the final mask with ``selector``."""
-    t0 = _now(encoder.device)
+    t0 = clock(encoder.device)
     prompter = baseline.prepare(encoder, episode.support_images, episode.support_masks, episode.query_image)
-    prepared = _now(encoder.device) - t0
+    prepared = clock(encoder.device) - t0
     result = run_prepared(prompter, encoder, episode, steps, flow, selector, seed, resampling)
     result.seconds["prepare"] = prepared
     return result
@@ -71,12 +65,12 @@ def run_prepared(prompter: Prompter, encoder: Encoder, episode: Episode, steps: 
     prepares each episode once (PerSAM-F's fine-tuning, the encodings) and reuses it, and
     with one ``memo`` shares the decodes on z0 too."""
     generator = torch.Generator().manual_seed(seed)
-    t1 = _now(encoder.device)
+    t1 = clock(encoder.device)
     trajectory = refine(prompter, steps, flow, generator, resampling, memo)
-    t2 = _now(encoder.device)
+    t2 = clock(encoder.device)
     chosen = select(selector, trajectory.candidates, encoder, prompter.query,
                     episode.support_images, episode.support_masks)
-    t3 = _now(encoder.device)
+    t3 = clock(encoder.device)
     best = oracle(trajectory.candidates, episode.query_mask) if episode.query_mask is not None else None
     return EpisodeResult(
         name=episode.name,

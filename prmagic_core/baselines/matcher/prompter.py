@@ -37,7 +37,6 @@ Where this differs from Matcher's release, and why:
 """
 from __future__ import annotations
 
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -50,6 +49,7 @@ from ...models import decoding
 from ...models.decoding import Prompts
 from ...models.encoding import Encoded, Encoder, to_image_frame
 from ...models.tiny import TINY_CONFIG
+from ...timing import timed
 from ..base import Baseline, Prompter
 from .features import Dinov2Features, SamFeatures
 from .grid import TokenGrid, normalised_cells
@@ -93,18 +93,6 @@ def check_variant(variant: str) -> str:
     if variant not in VARIANTS:
         raise ValueError(f"Matcher variant must be one of {VARIANTS}, got {variant!r}")
     return variant
-
-
-@contextmanager
-def timed(timings: dict, key: str, device: torch.device):
-    """Add the seconds the block takes to ``timings[key]`` (waiting for the GPU at both ends)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    yield
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
 
 
 class MatcherPrompter(Prompter):
