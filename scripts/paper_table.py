@@ -40,7 +40,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from prmagic_core.data.benchmarks import BENCHMARKS, BenchmarkError, load_benchmark
+from prmagic_core.data.benchmarks import BENCHMARKS, load_benchmark
 from prmagic_core.evaluation import VARIANTS, accumulate
 from prmagic_core.metrics import METRIC_NAMES
 
@@ -319,7 +319,7 @@ def main(argv=None) -> int:
         extra, launcher = shlex.split(args.evaluate_args), shlex.split(args.launcher)
         if args.measure:
             measure(cells, args.out_dir, args.measure, launcher, extra)
-    except (ValueError, BenchmarkError) as err:
+    except ValueError as err:  # BenchmarkError is one
         print(f"paper_table: error: {err}", file=sys.stderr)
         return 2
     if args.dry_run or args.measure:
