@@ -75,12 +75,20 @@ class DecodeMemo:
             key += (similarity.detach().cpu().numpy().tobytes(),)
         return key
 
-    def __call__(self, prompts: Prompts, similarity: torch.Tensor, reduction: str):
+    def __call__(self, prompts: Prompts, similarity: torch.Tensor, reduction: str, gradient: bool = True):
+        """(mask, logits, d_phi, gradient) on z0; without ``gradient`` the last two may be None."""
         key = self._key(prompts, similarity, reduction)
-        if key not in self._entries:
+        entry = self._entries.get(key)
+        if entry is None or (gradient and entry[3] is None):
             self.calls += 1
-            self._entries[key] = _gradient(self.prompter, self.z0, prompts, similarity, reduction)
-        return self._entries[key]
+            if gradient:
+                entry = _gradient(self.prompter, self.z0, prompts, similarity, reduction)
+            else:
+                with torch.no_grad():
+                    mask, logits = self.prompter.decode(self.z0, prompts, similarity)
+                entry = (mask, logits.detach(), None, None)
+            self._entries[key] = entry
+        return entry
 
 
 def refine(prompter: Prompter, steps: int = 5, flow: FlowConfig = FlowConfig(),
@@ -115,7 +123,8 @@ def refine(prompter: Prompter, steps: int = 5, flow: FlowConfig = FlowConfig(),
     prompts = sample(similarity)
     trajectory = Trajectory(config=flow)
     for t in range(steps + 1):
-        mask, logits, d, grad = memo(prompts, similarity, flow.reduction)
+        # With grad_at="zt" the gradient is taken at z_t below, so the candidate needs none at z0.
+        mask, logits, d, grad = memo(prompts, similarity, flow.reduction, gradient=flow.grad_at == "z0")
         if t == steps:
             trajectory.steps.append(Step(mask, logits, prompts, similarity.detach()))
             break
