@@ -7,8 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jupytext
 import nbformat
 import pytest
+from jupytext.compare import NotebookDifference, compare_notebooks
 
 from prmagic_core import figures
 
@@ -25,16 +27,29 @@ def notebook(request):
     return request.param, load(request.param)
 
 
-def test_notebooks_are_exactly_what_the_generator_writes(tmp_path):
-    sys.path.insert(0, str(NOTEBOOKS))
+def test_every_notebook_is_a_registered_jupytext_pair():
+    ipynb = {p.stem for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")}
+    text = {p.stem for p in NOTEBOOKS.glob("[0-9][0-9]_*.py")}
+    assert ipynb == text == set(figures.FIGURES), "each notebook is NN_name.py + NN_name.ipynb, listed in figures.FIGURES"
+
+
+def test_pair_is_in_sync(notebook):
+    """The .py (py:percent) and the .ipynb hold the same cells: edit one, then `jupytext --sync` (or save in JupyterLab)."""
+    name, _ = notebook
+    text = jupytext.read(NOTEBOOKS / f"{name}.py")
+    assert text.metadata["jupytext"]["formats"] == "ipynb,py:percent"
     try:
-        import _build
-    finally:
-        sys.path.remove(str(NOTEBOOKS))
-    written = _build.build(tmp_path)
-    assert sorted(p.stem for p in written) == sorted(figures.FIGURES)
-    for path in written:
-        assert path.read_text() == (NOTEBOOKS / path.name).read_text(), f"{path.name}: run python notebooks/_build.py"
+        compare_notebooks(text, jupytext.read(NOTEBOOKS / f"{name}.ipynb"), fmt="py:percent")
+    except NotebookDifference as err:
+        pytest.fail(f"{name}.py and {name}.ipynb differ (run: jupytext --sync notebooks/{name}.py): {err}")
+
+
+def test_sync_check_sees_an_edit_on_one_side():
+    text = jupytext.read(NOTEBOOKS / "01_walkthrough.py")
+    edited = jupytext.read(NOTEBOOKS / "01_walkthrough.ipynb")
+    edited.cells[-1].source += "\nprint('edited')"
+    with pytest.raises(NotebookDifference):
+        compare_notebooks(text, edited, fmt="py:percent")
 
 
 def test_opens_with_markdown_saying_what_and_how_long(notebook):
