@@ -1,4 +1,6 @@
+import ast
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -139,3 +141,21 @@ def test_noise_vs_drift_ratio_at_the_papers_constants():
     scale = an.noise_vs_drift([1e-3, 1e-4], gamma=0.1, clip=0.1).set_index("eta")
     assert scale.loc[1e-3, "ratio"] == pytest.approx(math.sqrt(2e-4) / 1e-4)  # 141
     assert scale.loc[1e-4, "ratio"] == pytest.approx(math.sqrt(2e-5) / 1e-5)  # 447
+
+
+def test_analysis_needs_nothing_from_the_sweep():
+    """analysis is pure table -> numbers: it imports nothing of experiments, not even for type hints."""
+    tree = ast.parse(Path(an.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not {m for m in imported if m and m.split(".")[-1] == "experiments"}, imported
+
+
+def test_sweep_keeps_only_its_grid_and_episodes(table):
+    from prmagic_core.experiments import Sweep
+
+    more = pd.concat([table, an.to_frame(trajectory([0.3] * 3, [0.1] * 3, episode="e0", eta=1e-2)),
+                      an.to_frame(trajectory([0.3] * 3, [0.1] * 3, episode="e0", seed=1))])
+    kept = Sweep(baselines=("b",), etas=(1e-3,), seeds=(0,)).rows_of(more.sample(frac=1, random_state=0), ["e0", "e2"])
+    assert list(kept.episode.unique()) == ["e0", "e2"] and set(kept.eta) == {1e-3} and set(kept.seed) == {0}
+    assert kept.step.tolist() == [0, 1, 2, 0, 1, 2]  # sorted by the table key
