@@ -36,8 +36,8 @@ etas = [1e-2, 1e-3, 1e-4, 1e-5]
 steps = 5
 seeds = [0, 1, 2]
 device = "auto"
-out_dir = "../figures"
-cache_dir = "build/cache"
+out_dir = None  # figures + headline JSON; None: notebooks/build/figures (relative: from the repository)
+cache_dir = None  # result tables; None: notebooks/build/cache (relative: from the repository)
 baselines = ["persam_f", "matcher"]  # the paper's two; "persam" works too
 gamma = 0.1
 clip = 0.1
@@ -54,7 +54,9 @@ from IPython.display import Markdown, display
 
 from prmagic_core import analysis as an, experiments as ex, viz
 from prmagic_core.baselines import BASELINES
+from prmagic_core.figures import notebook_dirs
 
+out_dir, cache_dir = notebook_dirs(out_dir, cache_dir)  # absolute, whatever the working directory
 viz.use_style()
 figures = viz.FigureSet(out_dir, prefix=NOTEBOOK[:2])
 setup = ex.Setup(backend=backend, checkpoint=checkpoint, model_type=model_type, dinov2_checkpoint=dinov2_checkpoint,
@@ -156,7 +158,7 @@ display(Markdown(" ".join(
     f"At eta = {e:g} the noise std is {at[e]:.0f} times the largest possible drift per element." for e in at.index)))
 
 # %%
-ex.write_headline(NOTEBOOK, {
+headline = ex.write_headline(NOTEBOOK, {
     "drift_weight_at_0": {name: drift_weight(0.0, name) for name in DIVERGENCES},
     "toy_energy_distance": {name: {"start": run.distance[0], "min": float(run.distance.min()),
                                    "min_step": int(np.argmin(run.distance)), "end": run.distance[-1]}
@@ -164,4 +166,4 @@ ex.write_headline(NOTEBOOK, {
     "toy_paper_constants_energy_distance": {"start": paper_toy.distance[0], "end": paper_toy.distance[-1]},
     "noise_to_max_drift_ratio": {f"{e:g}": float(r) for e, r in at.items()},
 }, settings, figures.names, out_dir)
-display(Markdown(f"Wrote `{out_dir}/{NOTEBOOK}.json` and {len(figures.names)} figures."))
+print("Wrote", headline, *figures.paths, sep="\n  ")

@@ -35,8 +35,8 @@ etas = [1e-2, 1e-3, 1e-4, 1e-5]
 steps = 5
 seeds = [0, 1, 2]
 device = "auto"
-out_dir = "../figures"
-cache_dir = "build/cache"
+out_dir = None  # figures + headline JSON; None: notebooks/build/figures (relative: from the repository)
+cache_dir = None  # result tables; None: notebooks/build/cache (relative: from the repository)
 baselines = ["persam_f", "matcher"]  # the paper's two; "persam" works too
 baseline = "persam_f"
 episode_index = 0
@@ -50,7 +50,9 @@ from IPython.display import Markdown, display
 
 from prmagic_core import analysis as an, experiments as ex, viz
 from prmagic_core.baselines import BASELINES
+from prmagic_core.figures import notebook_dirs
 
+out_dir, cache_dir = notebook_dirs(out_dir, cache_dir)  # absolute, whatever the working directory
 viz.use_style()
 figures = viz.FigureSet(out_dir, prefix=NOTEBOOK[:2])
 setup = ex.Setup(backend=backend, checkpoint=checkpoint, model_type=model_type, dinov2_checkpoint=dinov2_checkpoint,
@@ -120,9 +122,9 @@ if interactive:  # a widget frontend is needed; papermill runs keep interactive 
     viz.step_explorer(trace, selector)
 
 # %%
-ex.write_headline(NOTEBOOK, {
+headline = ex.write_headline(NOTEBOOK, {
     "iou": {"baseline": trace.ious[0], "top1": trace.ious[t], "oracle": trace.ious[o]},
     "top1_step": t, "oracle_step": o,
     "mean_drift_norm": float(trace.drift_norm.mean()), "mean_noise_norm": float(trace.noise_norm.mean()),
 }, settings, figures.names, out_dir)
-display(Markdown(f"Wrote `{out_dir}/{NOTEBOOK}.json` and {len(figures.names)} figures."))
+print("Wrote", headline, *figures.paths, sep="\n  ")

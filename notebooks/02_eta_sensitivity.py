@@ -35,8 +35,8 @@ etas = [1e-2, 1e-3, 1e-4, 1e-5]
 steps = 5
 seeds = [0, 1, 2]
 device = "auto"
-out_dir = "../figures"
-cache_dir = "build/cache"
+out_dir = None  # figures + headline JSON; None: notebooks/build/figures (relative: from the repository)
+cache_dir = None  # result tables; None: notebooks/build/cache (relative: from the repository)
 baselines = ["persam_f", "matcher"]  # the paper's two; "persam" works too
 
 # %%
@@ -45,7 +45,9 @@ from IPython.display import Markdown, display
 
 from prmagic_core import analysis as an, experiments as ex, viz
 from prmagic_core.baselines import BASELINES
+from prmagic_core.figures import notebook_dirs
 
+out_dir, cache_dir = notebook_dirs(out_dir, cache_dir)  # absolute, whatever the working directory
 viz.use_style()
 figures = viz.FigureSet(out_dir, prefix=NOTEBOOK[:2])
 setup = ex.Setup(backend=backend, checkpoint=checkpoint, model_type=model_type, dinov2_checkpoint=dinov2_checkpoint,
@@ -102,10 +104,10 @@ for b in available:
 display(Markdown("Changes of 0.5 points or less count as none.\n\n" + "\n".join(lines)))
 
 # %%
-ex.write_headline(NOTEBOOK, {
+headline = ex.write_headline(NOTEBOOK, {
     "miou_per_step": {f"{b}/eta={e:g}": c.sort_values("step").miou.tolist() for (b, e), c in curves.groupby(["baseline", "eta"])},
     "mean_iou_per_step": {f"{b}/eta={e:g}": c.sort_values("step").mean_iou.tolist() for (b, e), c in curves.groupby(["baseline", "eta"])},
     "shape": {f"{b}/eta={e:g}": s["shape"] for (b, e), s in shapes.items()},
     "failed_trajectories": int(len(an.failures(table))),
 }, settings, figures.names, out_dir)
-display(Markdown(f"Wrote `{out_dir}/{NOTEBOOK}.json` and {len(figures.names)} figures."))
+print("Wrote", headline, *figures.paths, sep="\n  ")

@@ -36,8 +36,8 @@ etas = [1e-2, 1e-3, 1e-4, 1e-5]
 steps = 5
 seeds = [0, 1, 2]
 device = "auto"
-out_dir = "../figures"
-cache_dir = "build/cache"
+out_dir = None  # figures + headline JSON; None: notebooks/build/figures (relative: from the repository)
+cache_dir = None  # result tables; None: notebooks/build/cache (relative: from the repository)
 baselines = ["persam_f", "matcher"]  # the paper's two; "persam" works too
 eta = None  # None: 1e-3 for objects, 1e-4 for parts
 n_misses = 4
@@ -48,7 +48,9 @@ from IPython.display import Markdown, display
 
 from prmagic_core import analysis as an, experiments as ex, viz
 from prmagic_core.baselines import BASELINES
+from prmagic_core.figures import notebook_dirs
 
+out_dir, cache_dir = notebook_dirs(out_dir, cache_dir)  # absolute, whatever the working directory
 viz.use_style()
 figures = viz.FigureSet(out_dir, prefix=NOTEBOOK[:2])
 setup = ex.Setup(backend=backend, checkpoint=checkpoint, model_type=model_type, dinov2_checkpoint=dinov2_checkpoint,
@@ -120,10 +122,10 @@ cases = ex.miss_cases(lab, table[table.baseline == available[0]], selectors[0], 
 figures.save(viz.misses_figure(cases), "misses")
 
 # %%
-ex.write_headline(NOTEBOOK, {
+headline = ex.write_headline(NOTEBOOK, {
     "miou": {f"{r.baseline}/{r.variant}{'/' + r.selector if r.selector else ''}": r.miou for r in summary.itertuples()},
     "mean_iou": {f"{r.baseline}/{r.variant}{'/' + r.selector if r.selector else ''}": r.mean_iou for r in summary.itertuples()},
     "paired_mean_iou_gains": gains,
     "failed_trajectories": int(len(an.failures(table))),
 }, settings, figures.names, out_dir)
-display(Markdown(f"Wrote `{out_dir}/{NOTEBOOK}.json` and {len(figures.names)} figures."))
+print("Wrote", headline, *figures.paths, sep="\n  ")

@@ -36,8 +36,8 @@ etas = [1e-2, 1e-3, 1e-4, 1e-5]
 steps = 5
 seeds = [0, 1, 2]
 device = "auto"
-out_dir = "../figures"
-cache_dir = "build/cache"
+out_dir = None  # figures + headline JSON; None: notebooks/build/figures (relative: from the repository)
+cache_dir = None  # result tables; None: notebooks/build/cache (relative: from the repository)
 baselines = ["persam_f", "matcher"]  # the paper's two; "persam" works too
 benchmarks = ["fss", "coco", "lvis", "paco", "pascal_part", "dis5k"]
 selector = "masked-image"
@@ -48,7 +48,9 @@ from IPython.display import Markdown, display
 
 from prmagic_core import analysis as an, experiments as ex, viz
 from prmagic_core.baselines import BASELINES
+from prmagic_core.figures import notebook_dirs
 
+out_dir, cache_dir = notebook_dirs(out_dir, cache_dir)  # absolute, whatever the working directory
 viz.use_style()
 figures = viz.FigureSet(out_dir, prefix=NOTEBOOK[:2])
 setup = ex.Setup(backend=backend, checkpoint=checkpoint, model_type=model_type, dinov2_checkpoint=dinov2_checkpoint,
@@ -119,9 +121,9 @@ display(Markdown(
     f"(paper: {(paper['T'] - paper['B']).max():+.2f})."))
 
 # %%
-ex.write_headline(NOTEBOOK, {
+headline = ex.write_headline(NOTEBOOK, {
     "rows": {f"{r['dataset']}/{r['baseline']}": {k: v for k, v in r.items() if k not in ("dataset", "baseline", "task")}
              for r in results.to_dict("records")},
     "rows_with_T_above_B": up, "paper_rows_with_T_above_B": paper_up,
 }, settings, figures.names, out_dir)
-display(Markdown(f"Wrote `{out_dir}/{NOTEBOOK}.json` and {len(figures.names)} figures."))
+print("Wrote", headline, *figures.paths, sep="\n  ")
