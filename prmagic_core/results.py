@@ -14,8 +14,10 @@ import os
 from io import StringIO
 from pathlib import Path
 
+from .errors import UserError
 
-class SettingsMismatch(ValueError):
+
+class SettingsMismatch(UserError):
     """The results file was written with other settings than the ones asked for now."""
 
 

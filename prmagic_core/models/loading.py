@@ -11,13 +11,14 @@ import torch
 from segment_anything import sam_model_registry
 from segment_anything.modeling import Sam
 
+from ..errors import UserError
 from .tiny import TINY_WEIGHTS, build_sam_tiny
 
 OFFICIAL_TYPES = ("vit_b", "vit_l", "vit_h")
 MODEL_TYPES = OFFICIAL_TYPES + ("tiny",)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that is missing, unreadable, or for another architecture."""
 
 
