@@ -19,6 +19,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .baselines.base import Baseline
+from .errors import UserError
 from .flow import FlowConfig
 from .metrics import METRIC_NAMES, IoUAccumulator, episode_counts
 from .models.encoding import Encoder
@@ -71,6 +72,35 @@ def _failed_row(episode_id: str, class_name: str, err: Exception) -> dict:
     return {"episode": episode_id, "class": class_name, "status": "failed", "reason": f"{type(err).__name__}: {err}"}
 
 
+def failure_lines(rows, shown: int = 5) -> list:
+    """Why episodes failed: one line per failed episode for the first ``shown``, then a count of the rest."""
+    failed = [row for row in rows if row["status"] != "ok"]
+    lines = [f"episode {row['episode']} failed: {row['reason']}" for row in failed[:shown]]
+    if len(failed) > shown:
+        lines.append(f"... and {len(failed) - shown} more failed episodes (--out keeps every reason)")
+    return lines
+
+
+def _check_scorable(episodes, ids: list) -> None:
+    """Episodes already in memory (not a lazy benchmark) are checked for ground truth before any work."""
+    if hasattr(episodes, "episode_ids"):
+        return
+    unscored = [episode.name for episode in episodes[:len(ids)] if episode.query_mask is None]
+    if unscored:
+        raise UserError(f"episode {unscored[0]} has no query mask to score against ({len(unscored)} of {len(ids)} "
+                        "episodes lack one; a folder episode needs query_mask.png)")
+
+
+def check_row(row: dict) -> None:
+    """Raise ValueError on a stored row that :func:`accumulate` could not use (a resumed run computes it again)."""
+    if row["status"] == "ok":
+        for variant in VARIANTS:
+            if not isinstance(json.loads(row[f"counts_{variant}"]), dict):
+                raise ValueError(f"counts_{variant} is not a JSON object")
+    elif row["status"] != "failed":
+        raise ValueError(f"unknown status {row['status']!r}")
+
+
 def accumulate(rows) -> dict:
     """B / T / O accumulators rebuilt from result rows."""
     accs = {v: IoUAccumulator() for v in VARIANTS}
@@ -113,7 +143,8 @@ def evaluate(baseline: Baseline, encoder: Encoder, episodes, steps: int = 5, flo
     rank, world = shard
     if not 0 <= rank < world:
         raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
-    table = ResultsFile(out, settings) if out is not None else None
+    _check_scorable(episodes, ids)
+    table = ResultsFile(out, settings, check_row=check_row) if out is not None else None
     rows = []
     todo = [i for i in range(rank, len(ids), world) if not (table and table.done(ids[i]))]
     for index in tqdm(todo, disable=not progress, desc=f"{baseline.name} T={steps}"):

@@ -30,19 +30,28 @@ def _builder(model_type: str):
     raise CheckpointError(f"unknown model type {model_type!r}; expected one of {', '.join(MODEL_TYPES)}")
 
 
-def read_state_dict(path: Path) -> dict:
-    """The tensors of a checkpoint file; a training checkpoint's ``model`` entry is accepted too."""
+def read_checkpoint(path: Path):
+    """What a checkpoint file holds, loaded with ``weights_only=True`` (so it cannot run code)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a non-checkpoint file
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+        first_line = (str(err).splitlines() or [""])[0]
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(err).__name__}: {first_line})") from None
+
+
+def read_state_dict(path: Path) -> dict:
+    """The tensors of a checkpoint file; a training checkpoint's ``model`` entry is accepted too."""
+    state = read_checkpoint(path)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: holds no state dict of tensors")
+    broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise CheckpointError(f"{path}: {len(broken)} tensors hold NaN or infinite values (e.g. {broken[0]})")
     return state
 
 
