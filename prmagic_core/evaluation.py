@@ -95,8 +95,9 @@ def check_row(row: dict) -> None:
     """Raise ValueError on a stored row that :func:`accumulate` could not use (a resumed run computes it again)."""
     if row["status"] == "ok":
         for variant in VARIANTS:
-            if not isinstance(json.loads(row[f"counts_{variant}"]), dict):
-                raise ValueError(f"counts_{variant} is not a JSON object")
+            counts = json.loads(row[f"counts_{variant}"])
+            if not (isinstance(counts, list) and len(counts) == 4 and all(isinstance(c, int) for c in counts)):
+                raise ValueError(f"counts_{variant} is not four integers")
     elif row["status"] != "failed":
         raise ValueError(f"unknown status {row['status']!r}")
 

@@ -5,6 +5,8 @@ every failure is one line naming the file and the problem.
 """
 from __future__ import annotations
 
+import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -36,7 +38,13 @@ def read_checkpoint(path: Path):
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # torch warns about pickle protocols on the way to refusing a file; the refusal is what counts.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint, or one holding Python objects besides tensors "
+                              "(refused: loading them could run code)") from None
     except Exception as err:  # torch raises many types for a non-checkpoint file
         first_line = (str(err).splitlines() or [""])[0]
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(err).__name__}: {first_line})") from None

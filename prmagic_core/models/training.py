@@ -220,7 +220,7 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, progress: bool 
     out_dir = Path(out_dir)
     checkpoint = out_dir / "checkpoint.pt"
     if checkpoint.exists() and not (resume or overwrite):
-        raise UserError(f"{out_dir} holds an earlier run's {checkpoint.name}: continue it with --resume, "
+        raise UserError(f"{checkpoint} holds an earlier run: continue it with --resume, "
                         "choose another --out-dir, or start over with --overwrite")
     check_writable(out_dir)
     torch.manual_seed(cfg.seed)
