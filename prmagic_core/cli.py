@@ -308,6 +308,10 @@ def main(argv=None) -> int:
         except (ValueError, OSError, FloatingPointError) as err:
             print(f"prmagic {args.command}: error: {_one_line(err)}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            # Results and checkpoints are written atomically: a rerun (with --resume for train-tiny) continues.
+            print(f"prmagic {args.command}: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

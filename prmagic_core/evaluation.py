@@ -16,6 +16,7 @@ import json
 import zlib
 from pathlib import Path
 
+from segment_anything.utils.transforms import ResizeLongestSide
 from tqdm.auto import tqdm
 
 from .baselines.base import Baseline
@@ -81,14 +82,23 @@ def failure_lines(rows, shown: int = 5) -> list:
     return lines
 
 
-def _check_scorable(episodes, ids: list) -> None:
-    """Episodes already in memory (not a lazy benchmark) are checked for ground truth before any work."""
+def _check_in_memory(episodes, ids: list, encoder: Encoder) -> None:
+    """Episodes already in memory (not a lazy benchmark) are checked before any work: each has
+    ground truth to score against, and images that survive SAM's resize to the encoder's input."""
     if hasattr(episodes, "episode_ids"):
         return
-    unscored = [episode.name for episode in episodes[:len(ids)] if episode.query_mask is None]
+    chosen = episodes[:len(ids)]
+    unscored = [episode.name for episode in chosen if episode.query_mask is None]
     if unscored:
         raise UserError(f"episode {unscored[0]} has no query mask to score against ({len(unscored)} of {len(ids)} "
                         "episodes lack one; a folder episode needs query_mask.png)")
+    side = encoder.sam.image_encoder.img_size
+    for episode in chosen:
+        for image in (*episode.support_images, episode.query_image):
+            height, width = image.shape[:2]
+            if min(ResizeLongestSide.get_preprocess_shape(height, width, side)) < 1:
+                raise UserError(f"episode {episode.name}: a {width}x{height} image is too thin for the "
+                                f"{side}-pixel encoder input (its short side resizes to 0 pixels)")
 
 
 def check_row(row: dict) -> None:
@@ -144,7 +154,7 @@ def evaluate(baseline: Baseline, encoder: Encoder, episodes, steps: int = 5, flo
     rank, world = shard
     if not 0 <= rank < world:
         raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
-    _check_scorable(episodes, ids)
+    _check_in_memory(episodes, ids, encoder)
     table = ResultsFile(out, settings, check_row=check_row) if out is not None else None
     rows = []
     todo = [i for i in range(rank, len(ids), world) if not (table and table.done(ids[i]))]

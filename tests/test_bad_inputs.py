@@ -133,6 +133,12 @@ def empty_mask(folder):
     return folder / "support_mask.png"
 
 
+def thin_query(folder):
+    Image.new("RGB", (3000, 4)).save(folder / "query.png")
+    Image.new("L", (3000, 4)).save(folder / "query_mask.png")
+    return ["episode ep0", "3000x4"]
+
+
 def unlink(name):
     def edit(folder):
         (folder / name).unlink()
@@ -237,6 +243,7 @@ REFUSED = {
     "mask-of-another-size": folder_case(resized_mask),
     "empty-support-mask": folder_case(empty_mask),
     "missing-support-mask": folder_case(unlink("support_mask.png")),
+    "image-too-thin-for-the-encoder": folder_case(thin_query),
     "no-query-mask": folder_case(lambda folder: unlink("query_mask.png")(folder) and ["episode ep0", "query_mask.png"]),
     "class.txt-not-utf8": folder_case(write_bytes("class.txt", b"caf\xe9\n")),
     "class.txt-empty": folder_case(write_bytes("class.txt", b"\n")),

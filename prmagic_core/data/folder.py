@@ -99,7 +99,7 @@ def load_episode(path) -> Episode:
     """Read one episode folder (see the module docstring for the layout)."""
     folder = Path(path)
     if not folder.is_dir():
-        raise InputError(folder, "no such episode folder")
+        raise InputError(folder, "is not an episode folder" if folder.exists() else "no such episode folder")
     kind = _read_text(folder / "kind.txt", "object")
     if kind not in KINDS:
         raise InputError(folder / "kind.txt", f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -122,7 +122,7 @@ def load_episodes(root) -> list:
     cannot be read (a broken link, a loop of links, no permission) is an error, not skipped."""
     root = Path(root)
     if not root.is_dir():
-        raise InputError(root, "no such folder of episodes")
+        raise InputError(root, "is not a folder of episodes" if root.exists() else "no such folder of episodes")
     folders = []
     for entry in sorted(p for p in root.iterdir() if not p.name.startswith(".")):
         try:
