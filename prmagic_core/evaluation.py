@@ -97,6 +97,25 @@ def summarise(accs: dict, settings: dict) -> dict:
     return out
 
 
+def bto_table(summary: dict) -> str:
+    """The B / T / O table ``prmagic evaluate`` prints: rows are which mask, columns which metric, all in %."""
+    settings = summary.get("settings", {})
+    n, steps = summary["episodes"], settings.get("steps", "?")
+    rows = (("baseline", "B", "baseline: its own mask (step 0)"),
+            ("top1", "T", f"top-1: the {settings.get('selector', '')} selector's pick"),
+            ("oracle", "O", "oracle: the candidate of highest IoU"))
+    lines = [f"{n} episode{'' if n == 1 else 's'} ({summary['failed_episodes']} failed), "
+             f"{settings.get('baseline', '')} with PR-MaGIC, steps={steps}; rows: which mask, columns: which metric, in %",
+             f"{'':<42}{'mIoU %':>8}{'FB-IoU %':>10}{'ep-FB-mIoU %':>14}"]
+    for key, label, what in rows:
+        lines.append(f"{label} {what:<40}{summary[key + '_miou']:8.2f}{summary[key + '_fb_iou']:10.2f}"
+                     f"{summary[key + '_episode_fb_miou']:14.2f}")
+    lines.append("mIoU: class-wise (per class, summed intersection / summed union, then the mean over classes); "
+                 "FB-IoU: mean of foreground and background IoU; ep-FB-mIoU: each episode's mean of foreground and "
+                 "background IoU, averaged over episodes (the release's PerSAM script)")
+    return "\n".join(lines)
+
+
 def evaluate(baseline: Baseline, encoder: Encoder, episodes, steps: int = 5, flow: FlowConfig = FlowConfig(),
              selector: str = "masked-image", seed: int = 0, resampling: str = "fixed", out=None,
              settings: dict | None = None, shard: tuple = (0, 1), limit: int | None = None,
@@ -116,7 +135,7 @@ def evaluate(baseline: Baseline, encoder: Encoder, episodes, steps: int = 5, flo
     table = ResultsFile(out, settings) if out is not None else None
     rows = []
     todo = [i for i in range(rank, len(ids), world) if not (table and table.done(ids[i]))]
-    for index in tqdm(todo, disable=not progress, desc=f"{baseline.name} T={steps}"):
+    for index in tqdm(todo, disable=not progress, desc=f"{baseline.name} steps={steps}", unit="episode"):
         class_name = "?"
         try:
             episode = episodes[index]

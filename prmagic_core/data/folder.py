@@ -43,6 +43,10 @@ def _open(path: Path) -> Image.Image:
 
 def _read_mask(path: Path, image_path: Path, image_size: tuple) -> np.ndarray:
     if not path.is_file():
+        others = sorted(p.name for p in path.parent.glob(f"{path.stem}.*"))
+        if others:  # JPEG compression smears a mask's edges into stray foreground, so only PNG is read
+            raise FileNotFoundError(f"missing mask {path}: found {', '.join(others)}, but masks must be PNG "
+                                    f"(save it as {path.name})")
         raise FileNotFoundError(f"missing mask {path}")
     mask = _open(path)
     if mask.size != image_size:
@@ -66,7 +70,7 @@ def _read_pair(folder: Path, stem: str, mask_required: bool) -> tuple:
     image = _open(image_path)
     mask_path = folder / f"{stem}_mask.png"
     mask = None
-    if mask_required or mask_path.is_file():
+    if mask_required or any(folder.glob(f"{stem}_mask.*")):
         mask = _read_mask(mask_path, image_path, image.size)
     return np.asarray(image.convert("RGB"), dtype=np.uint8), mask, mask_path
 
@@ -124,6 +128,9 @@ def load_episodes(root) -> list:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"episode root {root} does not exist")
+    if any(p.suffix.lower() in IMAGE_SUFFIXES for p in root.glob("query.*")):
+        raise ValueError(f"{root} is one episode (it holds {_find_image(root, 'query').name}); pass the folder that "
+                         f"holds episode folders, here its parent {root.parent}")
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise ValueError(f"no episode folders under {root}")
