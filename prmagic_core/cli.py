@@ -120,6 +120,18 @@ def _load_episodes(args, size: int):
     return load_source(args.dataset, args.data_root, fold=args.fold, shots=args.shots, seed=args.seed)
 
 
+TINY_ONLY_SHAPEWORLD = ("prmagic evaluate: warning: SAM-Tiny (--backend tiny) was trained on ShapeWorld only, so its masks "
+                        "of other images mean little; pass an official checkpoint: --backend sam --model-type vit_h "
+                        "--checkpoint /path/to/sam_vit_h_4b8939.pth")
+
+
+def looks_like_shapeworld(args, episodes) -> bool:
+    """Generated ShapeWorld, or folder episodes of ShapeWorld's 128-px square images (data_samples/shapeworld)."""
+    if args.data is None:
+        return args.dataset == "shapeworld"
+    return all(episode.query_image.shape[:2] == (128, 128) for episode in episodes)
+
+
 def cmd_evaluate(args) -> int:
     from . import distributed
     from .baselines import make_baseline
@@ -142,6 +154,8 @@ def cmd_evaluate(args) -> int:
         episodes = _load_episodes(argparse.Namespace(**{**vars(args), "seed": args.episode_seed}),
                                   sam.image_encoder.img_size)
         kind = kind_of(episodes, args.kind)
+        if args.backend == "tiny" and not looks_like_shapeworld(args, episodes):
+            print(TINY_ONLY_SHAPEWORLD, file=sys.stderr)
         eta = args.eta if args.eta is not None else (1e-3 if kind == "object" else 1e-4)
         flow = FlowConfig(eta=eta, gamma=args.gamma, clip=None if args.clip <= 0 else args.clip,
                           reduction=args.reduction, grad_at=args.grad_at, divergence=args.divergence)
@@ -172,7 +186,7 @@ def cmd_evaluate(args) -> int:
         rows = evaluate(baseline, Encoder(sam), episodes, steps=args.steps, flow=flow, selector=args.selector,
                         seed=args.seed, resampling=args.resampling, settings=settings, limit=limit,
                         out=shard_path(args.out, rank, world) if sharded_out else args.out,
-                        shard=(rank, world), progress=not args.json and rank == 0)
+                        shard=(rank, world), progress=not args.json and rank == 0, save_masks=args.save_masks)
         if world > 1:
             rows = in_protocol_order(distributed.gather_rows(rows), episode_ids(episodes, limit))
         if merged is not None:
@@ -274,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="under torchrun: cuda:LOCAL_RANK or cpu per rank")
     p.add_argument("--out", default=None,
                    help="results CSV, written per episode, resumable; under torchrun also one file per rank beside it")
+    p.add_argument("--save-masks", default=None, metavar="DIR",
+                   help="draw B, T, O and every candidate on each query image: DIR/<episode>/{B,T,O,candidate_<t>}.png")
     p.add_argument("--json", action="store_true", help="last line: a JSON object with the results and settings")
     p.set_defaults(func=cmd_evaluate)
 

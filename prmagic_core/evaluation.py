@@ -22,6 +22,7 @@ from .baselines.base import Baseline
 from .flow import FlowConfig
 from .metrics import METRIC_NAMES, IoUAccumulator, episode_counts
 from .models.encoding import Encoder
+from .overlays import save_overlays
 from .pipeline import run_episode
 from .results import ResultsFile
 
@@ -119,9 +120,13 @@ def bto_table(summary: dict) -> str:
 def evaluate(baseline: Baseline, encoder: Encoder, episodes, steps: int = 5, flow: FlowConfig = FlowConfig(),
              selector: str = "masked-image", seed: int = 0, resampling: str = "fixed", out=None,
              settings: dict | None = None, shard: tuple = (0, 1), limit: int | None = None,
-             progress: bool = True) -> list:
+             progress: bool = True, save_masks=None) -> list:
     """Run this ``shard`` = (rank, world)'s share of the first ``limit`` episodes, skipping those already
     in ``out``; returns the shard's rows, the ones found in ``out`` included.
+
+    ``save_masks``: a folder; each episode run gets ``<save_masks>/<episode>/`` with its B, T, O and
+    every candidate drawn on the query image (:func:`prmagic_core.overlays.save_overlays`), also an
+    episode without a query mask, which is then recorded as failed (it cannot be scored).
 
     ``episodes`` is a sequence of :class:`Episode`, or any lazy sequence with ``episode_ids``.
     """
@@ -140,10 +145,15 @@ def evaluate(baseline: Baseline, encoder: Encoder, episodes, steps: int = 5, flo
         try:
             episode = episodes[index]
             class_name = episode.class_name
-            if episode.query_mask is None:
-                raise ValueError(f"episode {ids[index]} has no query mask to score against")
+            unscored = f"episode {ids[index]} has no query mask to score against"
+            if episode.query_mask is None and save_masks is None:
+                raise ValueError(unscored)
             result = run_episode(baseline, encoder, episode, steps, flow, selector,
                                  episode_seed(seed, ids[index]), resampling)
+            if save_masks is not None:
+                save_overlays(Path(save_masks) / ids[index], episode, result)
+            if episode.query_mask is None:
+                raise ValueError(f"{unscored} (its masks are in {Path(save_masks) / ids[index]})")
             row = _row(episode, result)
         except EPISODE_ERRORS as err:
             row = _failed_row(ids[index], class_name, err)
