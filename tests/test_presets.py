@@ -287,3 +287,148 @@ def test_presets_are_named_resolvable_and_overridable():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert get_preset("principled").as_dict()["name"] == "principled"
+
+
+# ---------------------------------------------------------------- Matcher items
+
+DINOV2_L = "vit_large_patch14_dinov2.lvd142m"  # ViT-L/14, the architecture the release matches with
+
+
+@pytest.fixture(scope="module")
+def dinov2_large():
+    """A randomly initialised DINOv2 ViT-L/14 at 70 px (5 x 5 tokens): no weights can be downloaded here."""
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model(DINOV2_L, pretrained=False, img_size=70, num_classes=0).eval()
+
+
+def release_tokens(model, image):
+    """matcher:184-194 / 198-208: DINOv2's pre-final-norm patch tokens (CLS dropped) of the ImageNet-normalised
+    image; the release's loader gives 518-px images, here the image is resized to the model's side."""
+    x = torch.as_tensor(image).permute(2, 0, 1)[None].float() / 255
+    x = F.interpolate(x, model.patch_embed.img_size, mode="bilinear", align_corners=False, antialias=True)
+    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        tokens = model.blocks(model.norm_pre(model._pos_embed(model.patch_embed(x))))
+    return tokens[0, model.num_prefix_tokens:]  # (N, C)
+
+
+@pytest.fixture(scope="module")
+def dinov2_matcher(dinov2_large):
+    from prmagic_core.baselines.matcher import Matcher
+    from prmagic_core.baselines.matcher.features import Dinov2Features
+
+    matcher = Matcher("launcher-fss")
+    matcher._features = Dinov2Features(dinov2_large)
+    return matcher
+
+
+@pytest.mark.slow
+def test_item7_step_is_added_to_the_normalised_tokens(dinov2_large, dinov2_matcher, episode):
+    tiny = load_sam("tiny")
+    prompter = dinov2_matcher.prepare(Encoder(tiny), episode.support_images, episode.support_masks,
+                                      episode.query_image)
+    step = 0.05 * torch.randn(prompter.z0.shape, generator=torch.Generator().manual_seed(0))
+    # matcher:187-194 normalised tokens; 223-248 the step resized to 5 x 5, zero-padded 64 -> 1024; 273-275 added
+    tar_feat = F.normalize(release_tokens(dinov2_large, episode.query_image), dim=1)
+    grid = F.interpolate(step, size=(5, 5), mode="bilinear", align_corners=False).view(1, 64, -1).permute(0, 2, 1)[0]
+    delta = torch.cat([grid, torch.zeros(25, 1024 - 64)], dim=1)
+    torch.testing.assert_close(prompter.matching_features(prompter.z0 + step), tar_feat + delta, atol=1e-4, rtol=1e-4)
+
+
+def release_high_res(sam, encoded, z, coords):
+    """The release's generator call for one point subset, single-mask, keeping the graph: SAM's prompt
+    encoder and decoder on ``z``, the logits brought to the image by SAM's postprocess_masks."""
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    points = ResizeLongestSide(sam.image_encoder.img_size).apply_coords(coords, encoded.original_size)
+    sparse, dense = sam.prompt_encoder(points=(torch.as_tensor(points, dtype=torch.float32)[None],
+                                               torch.ones(1, len(coords))), boxes=None, masks=None)
+    low, _ = sam.mask_decoder(image_embeddings=z, image_pe=sam.prompt_encoder.get_dense_pe(),
+                              sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False)
+    return sam.postprocess_masks(low, encoded.input_size, encoded.original_size)[0, 0]
+
+
+def test_item8_matcher_d_phi_sums_the_high_res_logits_of_all_merged_masks(sam, encoder, episode):
+    from prmagic_core.baselines.matcher import Matcher
+    from prmagic_core.flow import d_phi
+    from prmagic_core.refine import _gradient
+
+    prompter = Matcher("launcher-fss").prepare(encoder, episode.support_images, episode.support_masks,
+                                               episode.query_image)
+    s = prompter.similarity(prompter.z0)
+    prompts = prompter.sample_prompts(s, torch.Generator().manual_seed(0))
+    mask, merged, _ = prompter.decode(prompter.z0, prompts, s)
+    z = prompter.z0.clone().requires_grad_(True)
+    subsets = {}
+    for subset in prompts.subsets:
+        with torch.no_grad():
+            logits = release_high_res(sam, prompter.query, prompter.z0, prompts.coords[subset])
+        subsets[logits.numpy().tobytes()] = subset
+    chosen = [subsets[m.numpy().tobytes()] for m in merged]  # each merged map is one subset's output
+    np.testing.assert_array_equal(mask, (merged > 0).any(0).numpy())
+    # matcher:497-501: the gradient of the summed logits of all chosen masks
+    expected_d = sum(release_high_res(sam, prompter.query, z, prompts.coords[c]).sum() for c in chosen)
+    (expected_grad,) = torch.autograd.grad(expected_d, z)
+    _, _, value, grad, _ = _gradient(prompter, prompter.z0, prompts, s, "sum")
+    assert value == pytest.approx(float(expected_d), rel=1e-5)
+    torch.testing.assert_close(grad, expected_grad, atol=1e-5, rtol=1e-4)
+    assert len(chosen) >= 1 and float(d_phi(merged)) == pytest.approx(value, rel=1e-5)
+
+
+def test_item9_matcher_runs_with_the_launcher_settings():
+    from prmagic_core.baselines import make_baseline, task_kind
+
+    # scripts/launch_matcher_pr.py:26-33 (alpha, beta, exp, merging, centres) and 49-70 (the command line);
+    # sample range (4,6), 30 iterations, single mask, score filter (pr_magic_for_matcher.py: 0.33 / 0.1)
+    launcher = {"coco": (1.0, 0.0, 0.0, 9, 8), "fss": (0.8, 0.2, 1.0, 10, 8), "lvis": (1.0, 0.0, 0.0, 9, 8),
+                "paco": (0.5, 0.5, 0.0, 5, 5), "pascal_part": (0.5, 0.5, 0.0, 5, 5), "dis5k": (0.8, 0.2, 1.0, 10, 5)}
+    for benchmark, (alpha, beta, exp, merging, centres) in launcher.items():
+        p = make_baseline("matcher", "object", benchmark=benchmark).preset
+        assert (p.alpha, p.beta, p.exp, p.merge_count, p.centres) == (alpha, beta, exp, merging, centres)
+        assert (p.subset_sizes, p.draws_per_size, p.multimask, p.box, p.merge) == ((4, 6), 30, False, False,
+                                                                                   "score_filter")
+        assert (p.max_distance, p.max_relative_distance, p.min_predicted_iou, p.min_stability) == (0.33, 0.1, 0, 0)
+    # eta 1e-4 and 3 PerSAM-F points for part benchmarks and DIS5K (launch_persam_pr.py:26-33)
+    assert [task_kind("object", b, get_preset("release")) for b in ("fss", "paco", "pascal_part", "dis5k")] == \
+        ["object", "part", "part", "part"]
+    assert make_baseline("persam_f", "object", benchmark="dis5k").points == 3
+    assert task_kind("object", "dis5k", get_preset("principled")) == "object"
+
+
+@pytest.mark.slow
+def test_item10_matcher_selector_encodes_with_the_matching_encoder(dinov2_large, dinov2_matcher):
+    two_shot = episodes(1, seed=6, shots=2, size=192)[0]
+    result = run_episode(dinov2_matcher, Encoder(load_sam("tiny")), two_shot, steps=1, seed=0)
+
+    def vector(image, mask):  # matcher:198-211, on the first shot only (matcher:129-140, 213-221)
+        masked = image.copy() if not mask.any() else np.where(mask[..., None], image, 0).astype(np.uint8)
+        return F.normalize(release_tokens(dinov2_large, masked).mean(0), dim=0)
+
+    support = vector(two_shot.support_images[0], two_shot.support_masks[0])
+    expected = [float(support @ vector(two_shot.query_image, m)) for m in result.candidates]
+    np.testing.assert_allclose(result.selector_scores, expected, atol=1e-5)
+
+
+def test_item12_matcher_empty_support_uses_the_centre_square_and_the_selector_the_first_shot(sam, encoder):
+    from prmagic_core.baselines.matcher import Matcher
+    from prmagic_core.baselines.matcher.grid import centre_cell
+
+    # matcher:123-127: a 14-px centre square of the 518-px mask, pooled over 14-px patches (149-153)
+    square = torch.zeros(1, 1, 518, 518)
+    square[..., 259 - 7:259 + 7, 259 - 7:259 + 7] = 1
+    np.testing.assert_array_equal(centre_cell((37, 37)), (F.avg_pool2d(square, 14) > 0).flatten().numpy())
+
+    two_shot = episodes(1, seed=7, shots=2, size=192)[0]
+    with pytest.warns(EmptySupportWarning, match="support mask 0 is empty.*centre"):
+        prompter = Matcher("launcher-fss").prepare(encoder, two_shot.support_images[:1],
+                                                   (np.zeros_like(two_shot.support_masks[0]),), two_shot.query_image)
+    np.testing.assert_array_equal(prompter.foreground, centre_cell(prompter.query_tokens.frame.grid))
+
+    # 5-shot Matcher's selector vector comes from the first shot (matcher:129-140); the release preset does so
+    result = run_episode(PerSAMF(train_iters=2), encoder, two_shot, steps=1, seed=0)
+    support = release_masked_vector(sam, two_shot.support_images[0], two_shot.support_masks[0])
+    expected = [float(support @ release_masked_vector(sam, two_shot.query_image, e.mask))
+                for e in result.trajectory.evidence]
+    np.testing.assert_allclose(result.selector_scores, expected, atol=1e-5)
