@@ -23,6 +23,7 @@ from .flow import FlowConfig
 from .metrics import METRIC_NAMES, IoUAccumulator, episode_counts
 from .models.encoding import Encoder
 from .pipeline import run_episode
+from .presets import Preset
 from .results import ResultsFile
 
 VARIANTS = ("baseline", "top1", "oracle")
@@ -98,11 +99,14 @@ def summarise(accs: dict, settings: dict) -> dict:
 
 
 def evaluate(baseline: Baseline, encoder: Encoder, episodes, steps: int = 5, flow: FlowConfig = FlowConfig(),
-             selector: str = "masked-image", seed: int = 0, resampling: str = "fixed", out=None,
+             selector: str = "masked-image", seed: int = 0, resampling: str | None = None, out=None,
              settings: dict | None = None, shard: tuple = (0, 1), limit: int | None = None,
-             progress: bool = True) -> list:
+             progress: bool = True, preset: Preset | str | None = None) -> list:
     """Run this ``shard`` = (rank, world)'s share of the first ``limit`` episodes, skipping those already
     in ``out``; returns the shard's rows, the ones found in ``out`` included.
+
+    ``preset`` (default ``release``) sets the loop's and the selector's behaviour (``resampling``
+    overrides its resampling); ``settings`` is what the results file records (name the preset there).
 
     ``episodes`` is a sequence of :class:`Episode`, or any lazy sequence with ``episode_ids``.
     """
@@ -124,7 +128,7 @@ def evaluate(baseline: Baseline, encoder: Encoder, episodes, steps: int = 5, flo
             if episode.query_mask is None:
                 raise ValueError(f"episode {ids[index]} has no query mask to score against")
             result = run_episode(baseline, encoder, episode, steps, flow, selector,
-                                 episode_seed(seed, ids[index]), resampling)
+                                 episode_seed(seed, ids[index]), resampling, preset=preset)
             row = _row(episode, result)
         except EPISODE_ERRORS as err:
             row = _failed_row(ids[index], class_name, err)

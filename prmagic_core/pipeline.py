@@ -20,7 +20,7 @@ from .flow import FlowConfig
 from .models.encoding import Encoder
 from .presets import Preset, get_preset
 from .refine import DecodeMemo, Trajectory, refine
-from .select import oracle, select
+from .select import Selection, oracle, select
 from .timing import clock
 
 
@@ -55,6 +55,17 @@ def selector_encoder(prompter: Prompter, encoder: Encoder, selector: str, preset
     if own is not None and selector == "masked-image" and preset.selector_encoder == "matching":
         return own
     return encoder
+
+
+def select_final(selector: str, trajectory: Trajectory, prompter: Prompter, encoder: Encoder, episode: Episode,
+                 preset: Preset | str | None = None) -> Selection:
+    """``selector``'s pick among the trajectory's candidates as ``preset`` has it: the masks and
+    terms the decodes handed over (SelectorEvidence), the support's first shot or all, the encoder."""
+    preset = get_preset(preset)
+    shots = 1 if preset.selector_support == "first" else len(episode.support_images)
+    return select(selector, trajectory.candidates, selector_encoder(prompter, encoder, selector, preset),
+                  prompter.query, episode.support_images[:shots], episode.support_masks[:shots],
+                  evidence=trajectory.evidence, alpha_s=preset.alpha_s, beta_s=preset.beta_s)
 
 
 def prepare_episode(baseline: Baseline, encoder: Encoder, episode: Episode) -> Prompter:
@@ -98,10 +109,7 @@ def run_prepared(prompter: Prompter, encoder: Encoder, episode: Episode, steps: 
     t1 = clock(encoder.device)
     trajectory = refine(prompter, steps, flow, generator, resampling or preset.resampling, memo)
     t2 = clock(encoder.device)
-    shots = 1 if preset.selector_support == "first" else len(episode.support_images)
-    chosen = select(selector, trajectory.candidates, selector_encoder(prompter, encoder, selector, preset),
-                    prompter.query, episode.support_images[:shots], episode.support_masks[:shots],
-                    evidence=trajectory.evidence, alpha_s=preset.alpha_s, beta_s=preset.beta_s)
+    chosen = select_final(selector, trajectory, prompter, encoder, episode, preset)
     t3 = clock(encoder.device)
     best = oracle(trajectory.candidates, episode.query_mask) if episode.query_mask is not None else None
     return EpisodeResult(
