@@ -432,3 +432,41 @@ def test_item12_matcher_empty_support_uses_the_centre_square_and_the_selector_th
     expected = [float(support @ release_masked_vector(sam, two_shot.query_image, e.mask))
                 for e in result.trajectory.evidence]
     np.testing.assert_allclose(result.selector_scores, expected, atol=1e-5)
+
+
+# ---------------------------------------------------------------- the paper's numbers and the command line
+
+def test_paper_numbers_are_labelled_and_the_correction_gives_the_stated_gains():
+    from prmagic_core.analysis import PAPER_BTO, PAPER_BTO_CORRECTED
+
+    b, t, o = PAPER_BTO[("persam_f", "fss")]  # still unpacks as (B, T, O)
+    assert (b, t, o) == (58.41, 67.19, 72.45)
+    assert {v.preset for k, v in PAPER_BTO.items() if k[0] == "persam_f"} == {"release-v1"}
+    for reported in [*PAPER_BTO.values(), *PAPER_BTO_CORRECTED.values()]:
+        assert reported.metric == "episode_fb_miou" and reported.source
+        assert get_preset(reported.preset)
+    gains = {k[1]: round(v[1] - v[0], 2) for k, v in PAPER_BTO_CORRECTED.items() if k[2] == "bands"}
+    assert gains == {"fss": 1.65, "pascal_part": 2.92}  # SPEC section 8: not the +8.8 of the first table
+
+
+@pytest.mark.parametrize("preset", ["release", "release-v1", "corrected", "principled"])
+def test_evaluate_names_its_preset_and_carries_the_resolved_settings(preset, capsys):
+    import json
+
+    from prmagic_core.cli import main
+
+    code = main(["evaluate", "--baseline", "persam_f", "--episodes", "1", "--steps", "1", "--persam-f-iters", "2",
+                 "--preset", preset, "--set", "alpha_s=0.5", "--json"])
+    out, err = capsys.readouterr()
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and summary["preset"] == f"{preset}+" and f"preset {preset}+" in err
+    expected = {**get_preset(preset).as_dict(), "name": f"{preset}+", "alpha_s": 0.5}
+    assert summary["settings"]["preset_settings"] == expected
+
+
+def test_a_bad_preset_setting_is_one_clear_line(capsys):
+    from prmagic_core.cli import main
+
+    assert main(["evaluate", "--episodes", "1", "--set", "cascade_box=never"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cascade_box must be one of" in err
