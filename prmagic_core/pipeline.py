@@ -3,6 +3,9 @@
     result = run_episode(PerSAMF(), Encoder(load_sam("tiny")), episode, steps=5)
     result.top1_mask, result.ious      # the chosen mask; IoU of every candidate
 
+A preset (:mod:`.presets`, default ``release``) sets the loop's resampling and how the
+selector scores (:func:`select_final`); the baseline's own behaviour is its ``settings``.
+
 Candidate 0 is the baseline's own mask ("B"); the selector's pick is "T"; the candidate of
 highest IoU with the ground truth is the oracle "O".
 """
@@ -75,7 +78,8 @@ def prepare_episode(baseline: Baseline, encoder: Encoder, episode: Episode) -> P
         prompter = baseline.prepare(encoder, episode.support_images, episode.support_masks, episode.query_image)
     for warning in caught:
         if issubclass(warning.category, EmptySupportWarning):
-            warnings.warn(f"episode {episode.name or '(unnamed)'}: {warning.message}", EmptySupportWarning, stacklevel=3)
+            warnings.warn(f"episode {episode.name or '(unnamed)'}: {warning.message}", EmptySupportWarning,
+                          stacklevel=3)
         else:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return prompter

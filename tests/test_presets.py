@@ -308,7 +308,8 @@ def release_tokens(model, image):
     image; the release's loader gives 518-px images, here the image is resized to the model's side."""
     x = torch.as_tensor(image).permute(2, 0, 1)[None].float() / 255
     x = F.interpolate(x, model.patch_embed.img_size, mode="bilinear", align_corners=False, antialias=True)
-    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    x = (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
     with torch.no_grad():
         tokens = model.blocks(model.norm_pre(model._pos_embed(model.patch_embed(x))))
     return tokens[0, model.num_prefix_tokens:]  # (N, C)
@@ -372,7 +373,7 @@ def test_item8_matcher_d_phi_sums_the_high_res_logits_of_all_merged_masks(sam, e
     expected_d = sum(release_high_res(sam, prompter.query, z, prompts.coords[c]).sum() for c in chosen)
     (expected_grad,) = torch.autograd.grad(expected_d, z)
     _, _, value, grad, _ = _gradient(prompter, prompter.z0, prompts, s, "sum")
-    assert value == pytest.approx(float(expected_d), rel=1e-5)
+    assert value == pytest.approx(float(expected_d.detach()), rel=1e-5)
     torch.testing.assert_close(grad, expected_grad, atol=1e-5, rtol=1e-4)
     assert len(chosen) >= 1 and float(d_phi(merged)) == pytest.approx(value, rel=1e-5)
 

@@ -17,6 +17,11 @@ Facts taken from the releases (Personalize-SAM and PR-MaGIC's PerSAM-F script):
 - The refining calls get the previous logits as mask input detached, so the gradient of
   the last call's logits w.r.t. the embedding comes from that call's own use of it.
 - PerSAM-F's fine-tuning uses one support image: with k shots, the first.
+
+Where PR-MaGIC's release and this project's ``principled`` choices differ (support cells,
+similarity upsampling, band sampler's point order and quantiles, the fit's prompts, the
+cascade's box, which mask the selector encodes, the empty-support fallback), the baseline's
+``settings`` preset decides (:mod:`prmagic_core.presets`).
 """
 from __future__ import annotations
 
@@ -112,7 +117,8 @@ def support_target(supports: list, support_masks, prototype: str, sam: Sam | Non
 UPSAMPLINGS = ("direct", "two-step")
 
 
-def similarity_map(target: Target, embedding: torch.Tensor, encoded: Encoded, upsampling: str = "direct") -> torch.Tensor:
+def similarity_map(target: Target, embedding: torch.Tensor, encoded: Encoded,
+                   upsampling: str = "direct") -> torch.Tensor:
     """S (H, W) on the original image: cosine of the target with each L2-normalised feature of ``embedding``.
 
     ``direct``: one interpolation from the grid to the image frame; ``two-step`` (the releases'):
@@ -404,7 +410,8 @@ class PerSAMFPrompter(LocationPrior):
         logits = last.best()
         mask = to_mask(logits, self.query)
         scored = to_mask(first, self.query) if self.settings.selector_mask == "first-call" else mask
-        return mask, logits, SelectorEvidence(scored, float(last.iou.detach().max()), mix(last.logits.detach(), self.mask_weights))
+        margin_logits = mix(last.logits.detach(), self.mask_weights)
+        return mask, logits, SelectorEvidence(scored, float(last.iou.detach().max()), margin_logits)
 
 
 class PerSAMF(Baseline):

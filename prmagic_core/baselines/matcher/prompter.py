@@ -31,8 +31,9 @@ Where this differs from Matcher's release, and why:
   from a numpy generator seeded the same way, not from Python's global ``random``;
 - an empty support mask is an error, or (``empty_support="fallback"``, the release's) the
   grid's centre cell with a warning (the release fills a 14-px centre square of its 518-px
-  input: the centre token of 37 x 37); an empty candidate gets emd score 0 (the release scores it as if it covered the whole image); the
-  best-scored candidate always joins the union (see :func:`.scoring.merge_choice`);
+  input: the centre token of 37 x 37); an empty candidate gets emd score 0 (the release
+  scores it as if it covered the whole image); the best-scored candidate always joins the
+  union (see :func:`.scoring.merge_choice`);
 - on SAM-Tiny the matching features are SAM's own (:mod:`.features`) and the subsets per
   size are capped by the preset (:mod:`.presets`).
 """
@@ -48,11 +49,11 @@ import torch.nn.functional as F
 from segment_anything.utils.amg import calculate_stability_score
 
 from ...models import decoding
-from ...presets import Preset, get_preset
-from ...select import SelectorEvidence
 from ...models.decoding import Prompts
 from ...models.encoding import Encoded, Encoder, to_image_frame
 from ...models.tiny import TINY_CONFIG
+from ...presets import Preset, get_preset
+from ...select import SelectorEvidence
 from ...timing import timed
 from ..base import Baseline, EmptySupportWarning, Prompter
 from .features import Dinov2Features, SamFeatures
