@@ -138,12 +138,13 @@ def looks_like_shapeworld(args, episodes) -> bool:
 
 def cmd_evaluate(args) -> int:
     from . import distributed
-    from .baselines import make_baseline
+    from .baselines import make_baseline, task_kind
     from .data.sources import kind_of
     from .evaluation import accumulate, bto_table, episode_ids, evaluate, failure_lines, in_protocol_order, shard_path, summarise
     from .flow import FlowConfig
     from .models.encoding import Encoder
     from .models.loading import load_sam, resolve_device
+    from .presets import get_preset, parse_assignments
     from .results import ResultsFile
 
     model_type = "tiny" if args.backend == "tiny" else args.model_type
@@ -151,26 +152,28 @@ def cmd_evaluate(args) -> int:
         raise ValueError("--backend sam needs --checkpoint PATH to an official SAM checkpoint")
     if args.persam_f_iters < 1:
         raise ValueError(f"--persam-f-iters must be at least 1, got {args.persam_f_iters}")
+    overrides = {"resampling": args.resampling, "point_order": "row_col" if args.released_point_order else None,
+                 **parse_assignments(args.set)}
+    preset = get_preset(args.preset).override(**overrides)
     rank, world, device = distributed.setup(resolve_device(args.device))
     try:
         sam = load_sam(model_type, args.checkpoint, device=str(device))
         # --episode-seed samples the episodes; --seed drives PR-MaGIC's noise only
         episodes = _load_episodes(argparse.Namespace(**{**vars(args), "seed": args.episode_seed}),
                                   sam.image_encoder.img_size)
-        kind = kind_of(episodes, args.kind)
+        benchmark = None if args.data else args.dataset
+        kind = task_kind(kind_of(episodes, args.kind), benchmark, preset)
         if args.backend == "tiny" and not looks_like_shapeworld(args, episodes):
             print(TINY_ONLY_SHAPEWORLD, file=sys.stderr)
         eta = args.eta if args.eta is not None else (1e-3 if kind == "object" else 1e-4)
         flow = FlowConfig(eta=eta, gamma=args.gamma, clip=None if args.clip <= 0 else args.clip,
                           reduction=args.reduction, grad_at=args.grad_at, divergence=args.divergence)
-        from .baselines.matcher import BENCHMARK_PRESETS
-
-        baseline = make_baseline(args.baseline, kind=kind, released_point_order=args.released_point_order,
-                                 train_iters=args.persam_f_iters, variant=args.matcher_variant,
-                                 dinov2_checkpoint=args.dinov2_checkpoint, preset=BENCHMARK_PRESETS.get(args.dataset))
+        baseline = make_baseline(args.baseline, kind=kind, train_iters=args.persam_f_iters,
+                                 variant=args.matcher_variant, dinov2_checkpoint=args.dinov2_checkpoint,
+                                 settings=preset, benchmark=benchmark)
         baseline_settings = {}
         if args.baseline == "persam_f":
-            baseline_settings = {"persam_f_iters": args.persam_f_iters}
+            baseline_settings = {"persam_f_iters": args.persam_f_iters, "persam_f_points": baseline.points}
         elif args.baseline == "matcher":
             baseline_settings = {"matcher_variant": args.matcher_variant, "matcher_preset": baseline.preset.name,
                                  "dinov2_checkpoint": str(args.dinov2_checkpoint or "")}
@@ -180,15 +183,15 @@ def cmd_evaluate(args) -> int:
             checkpoint=str(args.checkpoint) if args.checkpoint else "shipped tiny weights",
             dataset="folder" if args.data else args.dataset, data=str(args.data or args.data_root or ""),
             kind=kind, fold=args.fold, shots=args.shots, episodes=limit, episode_seed=args.episode_seed,
-            steps=args.steps, selector=args.selector, seed=args.seed, resampling=args.resampling,
-            released_point_order=args.released_point_order, **baseline_settings, **flow.as_dict(),
+            steps=args.steps, selector=args.selector, seed=args.seed, preset=preset.name,
+            preset_settings=preset.as_dict(), **baseline_settings, **flow.as_dict(),
         )
         # Under torchrun each rank resumes from its own shard file; rank 0 also keeps the merged
         # table at --out, whose settings are checked before any work.
         sharded_out = args.out is not None and world > 1
         merged = ResultsFile(args.out, settings) if sharded_out and rank == 0 else None
         rows = evaluate(baseline, Encoder(sam), episodes, steps=args.steps, flow=flow, selector=args.selector,
-                        seed=args.seed, resampling=args.resampling, settings=settings, limit=limit,
+                        seed=args.seed, preset=preset, settings=settings, limit=limit,
                         out=shard_path(args.out, rank, world) if sharded_out else args.out,
                         shard=(rank, world), progress=not args.json and rank == 0, save_masks=args.save_masks)
         if world > 1:
@@ -199,6 +202,7 @@ def cmd_evaluate(args) -> int:
         distributed.teardown()
     summary = summarise(accumulate(rows), settings)
     summary["device"] = str(device)
+    summary["preset"] = preset.name
     code = 0 if summary["episodes"] else 1
     if rank != 0:
         return code
@@ -276,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, default=1, help="support images per episode")
     p.add_argument("--episodes", type=int, default=None, help="ShapeWorld: how many (default 100); others: at most")
     p.add_argument("--steps", type=int, default=5, help="refinement steps T (T + 1 candidates)")
-    p.add_argument("--eta", type=float, default=None, help="default 1e-3 (objects) / 1e-4 (parts)")
+    p.add_argument("--eta", type=float, default=None,
+                   help="default 1e-3 (objects) / 1e-4 (parts, and the benchmarks the preset runs as parts)")
     p.add_argument("--gamma", type=float, default=0.1, help="noise scale: std sqrt(2 eta gamma) per step")
     p.add_argument("--clip", type=float, default=0.1, help="clip of the gradient's elements; 0 turns clipping off")
     p.add_argument("--reduction", default="sum", choices=["sum", "mean", "foreground"],
@@ -286,9 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--divergence", default="kl", choices=["kl", "logd", "js"], help="f-divergence: sets the drift weight")
     p.add_argument("--selector", default="masked-image", choices=["masked-image", "crop-pool", "pooled"],
                    help="top-1 selector: released, as the paper describes, or without an extra encoder pass")
-    p.add_argument("--resampling", default="fixed", choices=["fixed", "fresh"],
-                   help="fixed: the same random prompt choices every step; fresh: new ones (as released)")
-    p.add_argument("--released-point-order", action="store_true", help="PerSAM-F: the release's (row, col) quirk")
+    p.add_argument("--preset", default="release", choices=["release", "release-v1", "corrected", "principled"],
+                   help="which behaviour every component has (README: presets); flags below override it")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override one preset setting, e.g. --set cascade_box=each --set alpha_s=0.25 (repeatable)")
+    p.add_argument("--resampling", default=None, choices=["fixed", "fresh"],
+                   help="fixed: the same random prompt choices every step; fresh: new ones (as released); "
+                        "default: the preset's")
+    p.add_argument("--released-point-order", action="store_true",
+                   help="PerSAM-F: the first release's (row, col) extra points (= --set point_order=row_col)")
     p.add_argument("--persam-f-iters", type=int, default=1000, help="PerSAM-F's fine-tuning iterations")
     p.add_argument("--seed", type=int, default=0, help="PR-MaGIC's noise (the release averages 42..46)")
     p.add_argument("--episode-seed", type=int, default=0, help="episode sampling (benchmarks, ShapeWorld)")

@@ -26,6 +26,7 @@ from .metrics import METRIC_NAMES, IoUAccumulator, episode_counts
 from .models.encoding import Encoder
 from .overlays import save_overlays
 from .pipeline import run_episode
+from .presets import Preset
 from .results import ResultsFile
 
 VARIANTS = ("baseline", "top1", "oracle")
@@ -147,7 +148,7 @@ def bto_table(summary: dict) -> str:
             ("top1", "T", f"top-1: the {settings.get('selector', '')} selector's pick"),
             ("oracle", "O", "oracle: the candidate of highest IoU"))
     lines = [f"{n} episode{'' if n == 1 else 's'} ({summary['failed_episodes']} failed), "
-             f"{settings.get('baseline', '')} with PR-MaGIC, steps={steps}; rows: which mask, columns: which metric, in %",
+             f"{settings.get('baseline', '')} with PR-MaGIC, steps={steps}, preset {settings.get('preset', '?')}; rows: which mask, columns: which metric, in %",
              f"{'':<42}{'mIoU %':>8}{'FB-IoU %':>10}{'ep-FB-mIoU %':>14}"]
     for key, label, what in rows:
         lines.append(f"{label} {what:<40}{summary[key + '_miou']:8.2f}{summary[key + '_fb_iou']:10.2f}"
@@ -159,12 +160,14 @@ def bto_table(summary: dict) -> str:
 
 
 def evaluate(baseline: Baseline, encoder: Encoder, episodes, steps: int = 5, flow: FlowConfig = FlowConfig(),
-             selector: str = "masked-image", seed: int = 0, resampling: str = "fixed", out=None,
+             selector: str = "masked-image", seed: int = 0, resampling: str | None = None, out=None,
              settings: dict | None = None, shard: tuple = (0, 1), limit: int | None = None,
-             progress: bool = True, save_masks=None) -> list:
+             progress: bool = True, save_masks=None, preset: Preset | str | None = None) -> list:
     """Run this ``shard`` = (rank, world)'s share of the first ``limit`` episodes, skipping those already
     in ``out``; returns the shard's rows, the ones found in ``out`` included.
 
+    ``preset`` (default ``release``) sets the loop's and the selector's behaviour (``resampling``
+    overrides its resampling); ``settings`` is what the results file records (name the preset there).
     ``save_masks``: a folder; each episode run gets ``<save_masks>/<episode>/`` with its B, T, O and
     every candidate drawn on the query image (:func:`prmagic_core.overlays.save_overlays`), also an
     episode without a query mask, which is then recorded as failed (it cannot be scored).
@@ -191,7 +194,7 @@ def evaluate(baseline: Baseline, encoder: Encoder, episodes, steps: int = 5, flo
             if episode.query_mask is None and save_masks is None:
                 raise ValueError(unscored)
             result = run_episode(baseline, encoder, episode, steps, flow, selector,
-                                 episode_seed(seed, ids[index]), resampling)
+                                 episode_seed(seed, ids[index]), resampling, preset=preset)
             if save_masks is not None:
                 save_overlays(Path(save_masks) / ids[index], episode, result)
             if episode.query_mask is None:
