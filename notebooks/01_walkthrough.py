@@ -24,9 +24,11 @@
 # PerSAM-F and Matcher through the same loop). An optional slider (`interactive = True`) browses
 # the steps; it shows, it never computes.
 #
-# **Runtime.** CPU, `backend="tiny"`: RUNTIME_CPU. GPU, `backend="sam"`: not measured (no GPU was
-# available); the cost is the encoder: 2 passes for support and query, and up to 2 (T + 1) + 2 for
-# the two re-encoding selectors.
+# **Runtime.** CPU, `backend="tiny"`: 115 s of wall time and 28 s of CPU time top to bottom
+# (`jupyter nbconvert --execute`, kernel start included, 2026-11-29) on 2 cores shared with many
+# other jobs (load average ~14), so alone it should take about its CPU time; not measured alone.
+# GPU, `backend="sam"`: not measured (no GPU was available); the cost is the encoder: 2 passes for
+# support and query, and up to 2 (T + 1) + 2 for the two re-encoding selectors.
 
 # %% tags=["parameters"]
 backend = "tiny"  # "tiny": SAM-Tiny on ShapeWorld; "sam": an official checkpoint on real data
