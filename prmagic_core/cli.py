@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Commands that live in their own module: each provides add_arguments(parser) and run(args) -> int.
     for name, module, help_text in (
         ("figures", "figures", "run the notebooks with papermill; write every figure"),
-        ("bench", "bench", "time baseline vs PR-MaGIC per selector; count encoder passes"),
+        ("bench", "bench", "seconds and encoder passes: baseline vs PR-MaGIC"),
     ):
         p = sub.add_parser(name, help=help_text)
         command = importlib.import_module(f"{__package__}.{module}")
