@@ -91,12 +91,13 @@ lines, gains = [], {}
 for b in available:
     rows = episodes[episodes.baseline == b]
     for s in selectors:
-        gain = an.paired_interval(100 * rows[f"iou_T {s}"], 100 * rows.iou_B)
-        gap = an.paired_interval(100 * rows.iou_O, 100 * rows[f"iou_T {s}"])
+        gain = an.paired_interval(100 * rows[f"iou_T {s}"], 100 * rows.iou_B, clusters=rows.episode)
+        gap = an.paired_interval(100 * rows.iou_O, 100 * rows[f"iou_T {s}"], clusters=rows.episode)
         gains[f"{b}/{s}"] = {"T-B": gain["mean"], "T-B_low": gain["low"], "T-B_high": gain["high"],
                              "O-T": gap["mean"]}
         lines.append(f"- **{b}, {s}**: T - B = {gain['mean']:+.2f} points of mean IoU "
-                     f"(95% interval {gain['low']:+.2f} to {gain['high']:+.2f}, {gain['n']} trajectories): "
+                     f"(95% interval {gain['low']:+.2f} to {gain['high']:+.2f}, bootstrap over "
+                     f"{gain['clusters']} episodes x {rows.seed.nunique()} seeds): "
                      f"T is {an.direction(gain)} B. O - T = {gap['mean']:.2f}.")
 display(Markdown(
     f"The paper reports T above B for PerSAM-F on every dataset (e.g. FSS-1000: T - B = {paper_t - paper_b:+.2f}, "

@@ -103,10 +103,10 @@ lines = []
 for b in available:
     for r in order:
         rows = episodes[(episodes.baseline == b) & (episodes.regime == r)]
-        gain = an.paired_interval(100 * rows[f"iou_T {selector}"], 100 * rows.iou_B)
+        gain = an.paired_interval(100 * rows[f"iou_T {selector}"], 100 * rows.iou_B, clusters=rows.episode)
         gains[f"{b}/{r}"] = {"T-B": gain["mean"], "low": gain["low"], "high": gain["high"],
                              "O-B": float(100 * (rows.iou_O - rows.iou_B).mean())}
-        lines.append(f"- {b}, **{r}**: T - B = {gain['mean']:+.2f} (95% interval {gain['low']:+.2f} to "
+        lines.append(f"- {b}, **{r}**: T - B = {gain['mean']:+.2f} (95% interval over {gain['clusters']} episodes {gain['low']:+.2f} to "
                      f"{gain['high']:+.2f}: T is {an.direction(gain)} B); O - B = {gains[f'{b}/{r}']['O-B']:.2f}.")
     full, noise = gains[f"{b}/both"], gains[f"{b}/noise only"]
     if abs(full["O-B"]) > 1e-9:

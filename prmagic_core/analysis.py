@@ -30,14 +30,53 @@ METRICS = {  # what each number of :func:`metrics` means; headline records carry
 METRIC_LABELS = {"miou": "class-wise mIoU %", "mean_iou": "mean per-episode IoU %",
                  "episode_fb_miou": "per-episode FB mIoU %", "fb_iou": "FB-IoU %"}  # axis labels
 
-# The paper's numbers (SPEC section 6): 1-shot class-wise mIoU %, (B, T, O).
+class Reported(tuple):
+    """Published (B, T, O) numbers in %, labelled: where they come from (``source``), which metric
+    they are (``metric``, a key of :data:`METRICS`), the preset that reproduces the code behind
+    them (``preset``) and a ``note``. Unpacks as the 3-tuple (B, T, O)."""
+
+    def __new__(cls, bto, source: str, metric: str, preset: str, note: str = ""):
+        if len(bto) != 3 or metric not in METRICS:
+            raise ValueError(f"a reported number is (B, T, O) of a known metric, got {bto!r}, {metric!r}")
+        self = super().__new__(cls, tuple(float(v) for v in bto))
+        self.source, self.metric, self.preset, self.note = source, metric, preset, note
+        return self
+
+
+# Both release scripts score each episode as mean(IoU_bg, IoU_fg) and average over episodes
+# (SPEC section 8, item 12), whatever the tables call it.
+PAPER_SOURCE = "PR-MaGIC paper (CVPR 2026) Tab. 1, 1-shot; first release e6e0705, seeds 42-46"
+CORRECTION_SOURCE = ("authors' correction notice (release README, as copied in endeavor1233/Guarded-PR-MaGIC), "
+                     "single seed")
+_V1_NOTE = "PerSAM-F rows carry the first release's (row, col) extra points (preset release-v1)"
+
+
+def _paper(values: dict, preset: str, note: str = "") -> dict:
+    return {key: Reported(bto, PAPER_SOURCE, "episode_fb_miou", preset, note) for key, bto in values.items()}
+
+
+# The paper's tables (SPEC section 6): (baseline, benchmark) -> Reported (B, T, O).
 PAPER_BTO = {
-    ("persam_f", "fss"): (58.41, 67.19, 72.45), ("persam_f", "coco"): (44.64, 46.83, 51.74),
-    ("persam_f", "lvis"): (42.37, 44.48, 47.29), ("persam_f", "paco"): (39.60, 40.72, 43.39),
-    ("persam_f", "pascal_part"): (42.72, 43.87, 46.43), ("persam_f", "dis5k"): (46.82, 49.99, 53.46),
-    ("matcher", "fss"): (92.08, 92.06, 93.55), ("matcher", "coco"): (69.53, 71.23, 76.14),
-    ("matcher", "lvis"): (59.39, 61.52, 64.75), ("matcher", "paco"): (50.27, 54.08, 56.71),
-    ("matcher", "pascal_part"): (54.76, 58.28, 61.13), ("matcher", "dis5k"): (46.65, 55.08, 58.10),
+    **_paper({("persam_f", "fss"): (58.41, 67.19, 72.45), ("persam_f", "coco"): (44.64, 46.83, 51.74),
+              ("persam_f", "lvis"): (42.37, 44.48, 47.29), ("persam_f", "paco"): (39.60, 40.72, 43.39),
+              ("persam_f", "pascal_part"): (42.72, 43.87, 46.43), ("persam_f", "dis5k"): (46.82, 49.99, 53.46)},
+             "release-v1", _V1_NOTE),
+    **_paper({("matcher", "fss"): (92.08, 92.06, 93.55), ("matcher", "coco"): (69.53, 71.23, 76.14),
+              ("matcher", "lvis"): (59.39, 61.52, 64.75), ("matcher", "paco"): (50.27, 54.08, 56.71),
+              ("matcher", "pascal_part"): (54.76, 58.28, 61.13), ("matcher", "dis5k"): (46.65, 55.08, 58.10)},
+             "release"),
+}
+# The authors' corrected PerSAM-F numbers (SPEC section 8): (baseline, benchmark, prompts) -> Reported,
+# prompts "bands" (top-1 + band points, the corrected sampler) or "top1" (the top-1 point alone).
+PAPER_BTO_CORRECTED = {
+    ("persam_f", "fss", "bands"): Reported((85.77, 87.42, 91.89), CORRECTION_SOURCE, "episode_fb_miou", "corrected",
+                                           "FSS-1000 fold 0"),
+    ("persam_f", "fss", "top1"): Reported((85.10, 85.87, 87.53), CORRECTION_SOURCE, "episode_fb_miou", "corrected",
+                                          "FSS-1000 fold 0, top-1 point only"),
+    ("persam_f", "pascal_part", "bands"): Reported((49.46, 52.38, 58.13), CORRECTION_SOURCE, "episode_fb_miou",
+                                                   "corrected", "Pascal-Part, mean of folds 0-3"),
+    ("persam_f", "pascal_part", "top1"): Reported((51.12, 51.52, 52.61), CORRECTION_SOURCE, "episode_fb_miou",
+                                                  "corrected", "Pascal-Part, mean of folds 0-3, top-1 point only"),
 }
 PAPER_OPTIMAL_STEP = {"mean": 3.0, "std": 1.8}  # Tab. 2: mean ~3, std ~1.7-1.8
 
@@ -179,15 +218,76 @@ def optimal_step_stats(steps: pd.DataFrame) -> dict:
             "moving_mean": moving_mean, "moving_std": moving_std, "moving_trajectories": int(len(moving))}
 
 
-def paired_interval(a, b, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> dict:
-    """Mean of a - b over paired samples with a bootstrap percentile interval."""
+def cluster_bootstrap(values, clusters=None, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> dict:
+    """Mean of ``values`` with a percentile interval from a bootstrap that resamples CLUSTERS.
+
+    ``clusters`` labels each value with its episode: an episode's values (one per noise seed)
+    are drawn together, so the interval carries the episode-to-episode variance instead of
+    counting e.g. 24 episodes x 3 seeds as 72 independent draws. Without ``clusters`` every
+    value is its own cluster (the plain bootstrap). The mean of a resample is the mean over
+    all its values (clusters weighted by their size).
+    """
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        raise ValueError("cluster_bootstrap needs at least one value")
+    labels = np.arange(values.size) if clusters is None else np.asarray(clusters)
+    if labels.shape != values.shape:
+        raise ValueError(f"cluster_bootstrap: {values.size} values but {labels.size} cluster labels")
+    _, index = np.unique(labels, return_inverse=True)
+    sums, sizes = np.bincount(index, weights=values), np.bincount(index).astype(float)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, sums.size, size=(n_boot, sums.size))
+    means = sums[draws].sum(axis=1) / sizes[draws].sum(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return {"mean": float(values.mean()), "low": float(lo), "high": float(hi), "n": int(values.size),
+            "clusters": int(sums.size), "level": level}
+
+
+def paired_interval(a, b, clusters=None, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> dict:
+    """Mean of a - b over paired samples with a (cluster) bootstrap interval: :func:`cluster_bootstrap`
+    of the differences; pass the episode of each pair as ``clusters``."""
     diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     if diff.size == 0:
         raise ValueError("paired_interval needs at least one pair")
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, diff.size, size=(n_boot, diff.size))].mean(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return {"mean": float(diff.mean()), "low": float(lo), "high": float(hi), "n": int(diff.size), "level": level}
+    return cluster_bootstrap(diff, clusters, n_boot=n_boot, level=level, seed=seed)
+
+
+def episode_differences(table: pd.DataFrame, selectors=None, max_step: int | None = None,
+                        by=SETTING, scale: float = 100.0, **bootstrap) -> pd.DataFrame:
+    """Paired per-episode differences T - B (each selector), O - B and O - T, in IoU points, per
+    ``by`` group, with 95% intervals by a cluster bootstrap over episodes (all seeds of an
+    episode resampled together). Columns: the group, ``contrast``, ``mean``, ``low``, ``high``,
+    ``n`` (trajectories), ``episodes``, ``seeds``."""
+    wide = per_episode(table, selectors, max_step)
+    selectors = [c[len("iou_T "):] for c in wide.columns if c.startswith("iou_T ")]
+    contrasts = [(f"T-B {s}", f"iou_T {s}", "iou_B") for s in selectors] + [("O-B", "iou_O", "iou_B")]
+    contrasts += [(f"O-T {s}", "iou_O", f"iou_T {s}") for s in selectors]
+    rows = []
+    for key, group in wide.groupby(list(by), sort=True):
+        labels = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        for name, a, b in contrasts:
+            interval = paired_interval(scale * group[a], scale * group[b], clusters=group.episode, **bootstrap)
+            episodes = interval.pop("clusters")
+            rows.append({**labels, "contrast": name, **interval, "episodes": episodes,
+                         "seeds": int(group.seed.nunique())})
+    return pd.DataFrame(rows)
+
+
+MIN_EPISODES_PER_CLASS = 10
+
+
+def headline_metric(picked: pd.DataFrame) -> str:
+    """``"miou"`` (class-wise) when every class in ``picked`` has >= 10 episodes, else ``"mean_iou"``:
+    a class seen in one or two episodes makes its class IoU that episode's IoU, and the class-wise
+    mean then weighs those few episodes like whole classes."""
+    per_class = picked.groupby("class").episode.nunique()
+    return "miou" if len(per_class) and int(per_class.min()) >= MIN_EPISODES_PER_CLASS else "mean_iou"
+
+
+def counts_note(table: pd.DataFrame) -> str:
+    """``"n = E episodes x S seeds"`` for a figure's caption."""
+    t = ok(table)
+    return f"n = {t.episode.nunique()} episodes x {t.seed.nunique()} seeds"
 
 
 def direction(interval: dict) -> str:

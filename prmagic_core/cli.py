@@ -4,9 +4,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import platform
 import sys
+import warnings
 from pathlib import Path
+
+from .errors import InputWarning, UserError
 
 
 def _print_json_last(obj: dict) -> None:
@@ -85,7 +89,7 @@ def cmd_train_tiny(args) -> int:
     torch.set_num_threads(args.threads)
     cfg = TrainConfig(steps=args.steps, scenes=args.scenes, seed=args.seed)
     out_dir = Path(args.out_dir)
-    summary = train(cfg, out_dir, resume=args.resume)
+    summary = train(cfg, out_dir, resume=args.resume, overwrite=args.overwrite)
     evaluation = evaluate_tiny(load_sam("tiny", out_dir / "sam_tiny.pt"), episodes=args.eval_episodes)
     command = "prmagic train-tiny " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["train-tiny"] else "prmagic train-tiny"
     card = write_card(out_dir / "sam_tiny.json", summary, evaluation, command)
@@ -134,12 +138,13 @@ def looks_like_shapeworld(args, episodes) -> bool:
 
 def cmd_evaluate(args) -> int:
     from . import distributed
-    from .baselines import make_baseline
+    from .baselines import make_baseline, task_kind
     from .data.sources import kind_of
-    from .evaluation import accumulate, bto_table, episode_ids, evaluate, in_protocol_order, shard_path, summarise
+    from .evaluation import accumulate, bto_table, episode_ids, evaluate, failure_lines, in_protocol_order, shard_path, summarise
     from .flow import FlowConfig
     from .models.encoding import Encoder
     from .models.loading import load_sam, resolve_device
+    from .presets import get_preset, parse_assignments
     from .results import ResultsFile
 
     model_type = "tiny" if args.backend == "tiny" else args.model_type
@@ -147,26 +152,28 @@ def cmd_evaluate(args) -> int:
         raise ValueError("--backend sam needs --checkpoint PATH to an official SAM checkpoint")
     if args.persam_f_iters < 1:
         raise ValueError(f"--persam-f-iters must be at least 1, got {args.persam_f_iters}")
+    overrides = {"resampling": args.resampling, "point_order": "row_col" if args.released_point_order else None,
+                 **parse_assignments(args.set)}
+    preset = get_preset(args.preset).override(**overrides)
     rank, world, device = distributed.setup(resolve_device(args.device))
     try:
         sam = load_sam(model_type, args.checkpoint, device=str(device))
         # --episode-seed samples the episodes; --seed drives PR-MaGIC's noise only
         episodes = _load_episodes(argparse.Namespace(**{**vars(args), "seed": args.episode_seed}),
                                   sam.image_encoder.img_size)
-        kind = kind_of(episodes, args.kind)
+        benchmark = None if args.data else args.dataset
+        kind = task_kind(kind_of(episodes, args.kind), benchmark, preset)
         if args.backend == "tiny" and not looks_like_shapeworld(args, episodes):
             print(TINY_ONLY_SHAPEWORLD, file=sys.stderr)
         eta = args.eta if args.eta is not None else (1e-3 if kind == "object" else 1e-4)
         flow = FlowConfig(eta=eta, gamma=args.gamma, clip=None if args.clip <= 0 else args.clip,
                           reduction=args.reduction, grad_at=args.grad_at, divergence=args.divergence)
-        from .baselines.matcher import BENCHMARK_PRESETS
-
-        baseline = make_baseline(args.baseline, kind=kind, released_point_order=args.released_point_order,
-                                 train_iters=args.persam_f_iters, variant=args.matcher_variant,
-                                 dinov2_checkpoint=args.dinov2_checkpoint, preset=BENCHMARK_PRESETS.get(args.dataset))
+        baseline = make_baseline(args.baseline, kind=kind, train_iters=args.persam_f_iters,
+                                 variant=args.matcher_variant, dinov2_checkpoint=args.dinov2_checkpoint,
+                                 settings=preset, benchmark=benchmark)
         baseline_settings = {}
         if args.baseline == "persam_f":
-            baseline_settings = {"persam_f_iters": args.persam_f_iters}
+            baseline_settings = {"persam_f_iters": args.persam_f_iters, "persam_f_points": baseline.points}
         elif args.baseline == "matcher":
             baseline_settings = {"matcher_variant": args.matcher_variant, "matcher_preset": baseline.preset.name,
                                  "dinov2_checkpoint": str(args.dinov2_checkpoint or "")}
@@ -176,15 +183,15 @@ def cmd_evaluate(args) -> int:
             checkpoint=str(args.checkpoint) if args.checkpoint else "shipped tiny weights",
             dataset="folder" if args.data else args.dataset, data=str(args.data or args.data_root or ""),
             kind=kind, fold=args.fold, shots=args.shots, episodes=limit, episode_seed=args.episode_seed,
-            steps=args.steps, selector=args.selector, seed=args.seed, resampling=args.resampling,
-            released_point_order=args.released_point_order, **baseline_settings, **flow.as_dict(),
+            steps=args.steps, selector=args.selector, seed=args.seed, preset=preset.name,
+            preset_settings=preset.as_dict(), **baseline_settings, **flow.as_dict(),
         )
         # Under torchrun each rank resumes from its own shard file; rank 0 also keeps the merged
         # table at --out, whose settings are checked before any work.
         sharded_out = args.out is not None and world > 1
         merged = ResultsFile(args.out, settings) if sharded_out and rank == 0 else None
         rows = evaluate(baseline, Encoder(sam), episodes, steps=args.steps, flow=flow, selector=args.selector,
-                        seed=args.seed, resampling=args.resampling, settings=settings, limit=limit,
+                        seed=args.seed, preset=preset, settings=settings, limit=limit,
                         out=shard_path(args.out, rank, world) if sharded_out else args.out,
                         shard=(rank, world), progress=not args.json and rank == 0, save_masks=args.save_masks)
         if world > 1:
@@ -195,9 +202,12 @@ def cmd_evaluate(args) -> int:
         distributed.teardown()
     summary = summarise(accumulate(rows), settings)
     summary["device"] = str(device)
+    summary["preset"] = preset.name
     code = 0 if summary["episodes"] else 1
     if rank != 0:
         return code
+    for line in failure_lines(rows):
+        print(f"prmagic evaluate: {line}", file=sys.stderr)
     print(bto_table(summary), file=sys.stderr if args.json else sys.stdout)
     if args.json:
         _print_json_last(summary)
@@ -248,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="scenes, initialisation and batches")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out-dir")
+    p.add_argument("--overwrite", action="store_true", help="start over in a folder holding an earlier run")
     p.add_argument("--eval-episodes", type=int, default=200, help="held-out episodes for the card")
     p.set_defaults(func=cmd_train_tiny)
 
@@ -281,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, default=1, help="support images per episode")
     p.add_argument("--episodes", type=int, default=None, help="ShapeWorld: how many (default 100); others: at most")
     p.add_argument("--steps", type=int, default=5, help="refinement steps T (T + 1 candidates)")
-    p.add_argument("--eta", type=float, default=None, help="default 1e-3 (objects) / 1e-4 (parts)")
+    p.add_argument("--eta", type=float, default=None,
+                   help="default 1e-3 (objects) / 1e-4 (parts, and the benchmarks the preset runs as parts)")
     p.add_argument("--gamma", type=float, default=0.1, help="noise scale: std sqrt(2 eta gamma) per step")
     p.add_argument("--clip", type=float, default=0.1, help="clip of the gradient's elements; 0 turns clipping off")
     p.add_argument("--reduction", default="sum", choices=["sum", "mean", "foreground"],
@@ -291,9 +303,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--divergence", default="kl", choices=["kl", "logd", "js"], help="f-divergence: sets the drift weight")
     p.add_argument("--selector", default="masked-image", choices=["masked-image", "crop-pool", "pooled"],
                    help="top-1 selector: released, as the paper describes, or without an extra encoder pass")
-    p.add_argument("--resampling", default="fixed", choices=["fixed", "fresh"],
-                   help="fixed: the same random prompt choices every step; fresh: new ones (as released)")
-    p.add_argument("--released-point-order", action="store_true", help="PerSAM-F: the release's (row, col) quirk")
+    p.add_argument("--preset", default="release", choices=["release", "release-v1", "corrected", "principled"],
+                   help="which behaviour every component has (README: presets); flags below override it")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override one preset setting, e.g. --set cascade_box=each --set alpha_s=0.25 (repeatable)")
+    p.add_argument("--resampling", default=None, choices=["fixed", "fresh"],
+                   help="fixed: the same random prompt choices every step; fresh: new ones (as released); "
+                        "default: the preset's")
+    p.add_argument("--released-point-order", action="store_true",
+                   help="PerSAM-F: the first release's (row, col) extra points (= --set point_order=row_col)")
     p.add_argument("--persam-f-iters", type=int, default=1000, help="PerSAM-F's fine-tuning iterations")
     p.add_argument("--seed", type=int, default=0, help="PR-MaGIC's noise (the release averages 42..46)")
     p.add_argument("--episode-seed", type=int, default=0, help="episode sampling (benchmarks, ShapeWorld)")
@@ -317,13 +335,64 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Checked before any work, so that a bad value is one line naming its argument: dest -> (test, what it must be).
+ARGUMENT_RULES = {
+    "eta": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
+    "gamma": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
+    "clip": (math.isfinite, "a finite number (0 or less turns clipping off)"),
+    "episodes": (lambda v: v >= 1, "at least 1"),
+    "eval_episodes": (lambda v: v >= 1, "at least 1"),
+    "steps": (lambda v: v >= 0, "at least 0"),
+    "scenes": (lambda v: v >= 1, "at least 1"),
+    "threads": (lambda v: v >= 1, "at least 1"),
+    "shots": (lambda v: v >= 1, "at least 1"),
+    "fold": (lambda v: v >= 0, "at least 0"),
+    "seed": (lambda v: v >= 0, "at least 0"),
+    "episode_seed": (lambda v: v >= 0, "at least 0"),
+}
+
+
+def check_arguments(args) -> None:
+    """Raise a UserError naming the first numeric argument that breaks its rule in ARGUMENT_RULES."""
+    for dest, (valid, what) in ARGUMENT_RULES.items():
+        value = getattr(args, dest, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not valid(value):
+            raise UserError(f"--{dest.replace('_', '-')} must be {what}, got {value}")
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _warning_printer(command: str, show_other):
+    """A ``warnings.showwarning`` that prints an InputWarning as one line, and others as before."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, InputWarning):
+            print(f"prmagic {command}: warning: {_one_line(message)}", file=sys.stderr)
+        else:
+            show_other(message, category, filename, lineno, file, line)
+    return show
+
+
 def main(argv=None) -> int:
+    """Run one command. A user's mistake (any ValueError, UserError included, an OSError or a
+    non-finite flow) is one line on stderr and exit code 2; anything else is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as err:
-        print(f"prmagic {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", InputWarning)
+        warnings.showwarning = _warning_printer(args.command, warnings.showwarning)
+        try:
+            check_arguments(args)
+            return args.func(args)
+        except (ValueError, OSError, FloatingPointError) as err:
+            print(f"prmagic {args.command}: error: {_one_line(err)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            # Results and checkpoints are written atomically: a rerun (with --resume for train-tiny) continues.
+            print(f"prmagic {args.command}: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":
