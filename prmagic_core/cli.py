@@ -215,7 +215,19 @@ def cmd_evaluate(args) -> int:
 
 
 class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each flag's default after its help, except where there is none to show (None, off, empty)."""
+    """Shows each flag's default after its help, except where there is none to show (None, off, empty);
+    a help column wide enough that every command's line starts beside its name."""
+
+    def __init__(self, prog, indent_increment=2, max_help_position=32, width=None):
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+    def add_argument(self, action):
+        super().add_argument(action)
+        # argparse sizes the help column without the subcommands' extra indent, so a long command name
+        # would push its help onto the next line
+        if action.help is not argparse.SUPPRESS and hasattr(action, "_get_subactions"):
+            longest = max((len(self._format_action_invocation(a)) for a in action._get_subactions()), default=0)
+            self._action_max_length = max(self._action_max_length, longest + self._current_indent + self._indent_increment)
 
     def _get_help_string(self, action):
         if action.default in (None, False, [], argparse.SUPPRESS):
@@ -313,8 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Commands that live in their own module: each provides add_arguments(parser) and run(args) -> int.
     for name, module, help_text in (
-        ("figures", "figures", "run the notebooks with papermill and regenerate every figure"),
-        ("bench", "bench", "time the baseline and PR-MaGIC with each selector; count encoder passes"),
+        ("figures", "figures", "run the notebooks with papermill; write every figure"),
+        ("bench", "bench", "seconds and encoder passes: baseline vs PR-MaGIC"),
     ):
         p = sub.add_parser(name, help=help_text)
         command = importlib.import_module(f"{__package__}.{module}")

@@ -84,15 +84,15 @@ def failure_lines(rows, shown: int = 5) -> list:
     return lines
 
 
-def _check_in_memory(episodes, ids: list, encoder: Encoder, scored: bool = True) -> None:
+def _check_in_memory(episodes, ids: list, encoder: Encoder, need_truth: bool = True) -> None:
     """Episodes already in memory (not a lazy benchmark) are checked before any work: each has
-    ground truth to score against (unless only its masks are wanted: ``scored=False``), and images
-    that survive SAM's resize to the encoder's input."""
+    ground truth to score against (unless ``need_truth`` is off: --save-masks draws unscored photos
+    too), and images that survive SAM's resize to the encoder's input."""
     if hasattr(episodes, "episode_ids"):
         return
     chosen = episodes[:len(ids)]
     unscored = [episode.name for episode in chosen if episode.query_mask is None]
-    if unscored and scored:
+    if unscored and need_truth:
         raise UserError(f"episode {unscored[0]} has no query mask to score against ({len(unscored)} of {len(ids)} "
                         "episodes lack one; a folder episode needs query_mask.png)")
     side = encoder.sam.image_encoder.img_size
@@ -182,7 +182,7 @@ def evaluate(baseline: Baseline, encoder: Encoder, episodes, steps: int = 5, flo
     rank, world = shard
     if not 0 <= rank < world:
         raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
-    _check_in_memory(episodes, ids, encoder, scored=save_masks is None)
+    _check_in_memory(episodes, ids, encoder, need_truth=save_masks is None)
     table = ResultsFile(out, settings, check_row=check_row) if out is not None else None
     rows = []
     todo = [i for i in range(rank, len(ids), world) if not (table and table.done(ids[i]))]

@@ -62,7 +62,8 @@ PROFILES = {
 FIGURES = {
     "00_theory": ("00_drift_weights", "00_toy_flow", "00_toy_flow_retrained", "00_toy_flow_paper_constants",
                   "00_toy_distance", "00_noise_vs_drift"),
-    "01_walkthrough": ("01_episode", "01_steps", "01_prompt_trajectory", "01_scores"),
+    "01_walkthrough": ("01_episode", "01_similarity", "01_prompts", "01_decode", "01_gradient", "01_moved", "01_steps",
+                       "01_prompt_trajectory", "01_scores"),
     "02_eta_sensitivity": ("02_eta_sensitivity",),
     "03_optimal_step_histograms": ("03_optimal_step_histogram",),
     "04_oracle_vs_top1": ("04_bto", "04_scatter", "04_misses"),

@@ -6,6 +6,7 @@ here runs a model. :func:`save` writes a figure as PNG and PDF into the figures 
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -52,14 +53,24 @@ class FigureSet:
         name = f"{self.prefix}_{what}"
         self.paths += save(fig, name, self.out_dir)
         self.names.append(name)
-        try:  # IPython comes with the notebooks extra; without it there is nothing to show in
-            from IPython import get_ipython
-            from IPython.display import display
-        except ImportError:
-            get_ipython = None
-        if get_ipython is not None and get_ipython() is not None:
-            display(fig)
-        plt.close(fig)
+        show(fig)
+
+
+def show(fig, dpi: int = 72) -> None:
+    """Show ``fig`` once in a notebook, and close it. The picture is made here because under the agg
+    backend (papermill runs) a displayed Figure is only its text repr, and executed notebooks should
+    keep their pictures: a JPEG, as textured ShapeWorld scenes make PNGs of 100-700 kB (the files
+    saved by :func:`save` stay PNG and PDF)."""
+    try:  # IPython comes with the notebooks extra; without it there is nothing to show in
+        from IPython import get_ipython
+        from IPython.display import Image, display
+    except ImportError:
+        get_ipython = None
+    if get_ipython is not None and get_ipython() is not None:
+        picture = io.BytesIO()
+        fig.savefig(picture, format="jpeg", dpi=dpi, pil_kwargs={"quality": 85})
+        display(Image(picture.getvalue(), format="jpeg"))
+    plt.close(fig)
 
 
 # ---------------------------------------------------------------- images, masks, prompts
@@ -176,15 +187,16 @@ def step_explorer(trace, selector: str):
     """An ipywidgets slider over the steps of a cached trace (display only; saves nothing)."""
     import ipywidgets
 
-    def show(step):
+    def show_step(step):
+        print(f"step {step} of {trace.steps}: IoU {trace.ious[step]:.3f}, {selector} score {trace.scores[selector][step]:.4f}")
         fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.2))
         axes[0].imshow(trace.similarities[step], cmap="magma")
         draw_prompts(axes[0], trace.prompts[step])
-        overlay(axes[1], trace.query_image, trace.masks[step], truth=trace.query_mask,
-                title=f"IoU {trace.ious[step]:.3f}, {selector} {trace.scores[selector][step]:.4f}")
-        plt.show()
+        axes[0].set_title(f"S_{step} and P_{step}", fontsize=9)
+        overlay(axes[1], trace.query_image, trace.masks[step], truth=trace.query_mask, title=f"m_{step}")
+        show(fig)
 
-    return ipywidgets.interact(show, step=ipywidgets.IntSlider(min=0, max=trace.steps, value=0))
+    return ipywidgets.interact(show_step, step=ipywidgets.IntSlider(min=0, max=trace.steps, value=0))
 
 
 # ---------------------------------------------------------------- theory
