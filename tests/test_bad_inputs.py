@@ -259,6 +259,8 @@ REFUSED = {
     "steps-negative": argument_case("--steps", "-1"),
     "episode-seed-negative": argument_case("--episode-seed", "-1"),
     "shots-0": argument_case("--shots", "0"),
+    "device-unknown": argument_case("--device", "tpu"),
+    "device-cuda-absent": argument_case("--device", "cuda:7"),
     # checkpoints
     "zero-byte-checkpoint": checkpoint_case(lambda path: path.write_bytes(b"")),
     "text-checkpoint": checkpoint_case(lambda path: path.write_text("weights\n")),
@@ -487,6 +489,12 @@ def test_image_modes_give_the_right_rgb(tmp_path, name, contents, expected, tole
     image = load_episode(folder).query_image
     assert image.dtype == np.uint8 and image.shape == (6, 8, 3)
     assert np.abs(image.astype(int) - expected).max() <= tolerance
+
+
+def test_a_class_name_saved_with_a_byte_order_mark_reads_without_it(tmp_path):
+    folder = save_episode(shapeworld.episodes(1, seed=0, size=64)[0], tmp_path / "ep")
+    (folder / "class.txt").write_bytes("\ufeffcafé\n".encode("utf-8"))
+    assert load_episode(folder).class_name == "café"
 
 
 def test_a_16_bit_grey_mask_is_read_at_half_range(tmp_path):

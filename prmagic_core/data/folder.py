@@ -87,7 +87,8 @@ def _read_text(path: Path, default: str) -> str:
     if not path.is_file():
         return default
     try:
-        text = path.read_text(encoding="utf-8").strip()
+        # utf-8-sig: editors on Windows start UTF-8 files with a byte-order mark.
+        text = path.read_text(encoding="utf-8-sig").strip()
     except UnicodeDecodeError as error:
         raise InputError(path, f"not UTF-8 text ({error.reason} at byte {error.start})") from None
     if not text:
