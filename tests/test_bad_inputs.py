@@ -278,6 +278,8 @@ REFUSED = {
     "settings-json-a-list": results_case(settings_file(b"[1, 2]")),
     "results-csv-binary-garbage": garbage_table,
     "out-under-a-file": out_under_a_file,
+    "out-is-a-folder": lambda tmp_path: ([*EVALUATE, "--data", episode_root(tmp_path), "--out", tmp_path], tmp_path),
+    "results-without-settings": results_case(lambda out: out.with_name(out.name + ".settings.json")),
     # benchmark trees
     "coco-pickle-runs-code": benchmark_pickle("splits/val/fold0.pkl", "coco"),
     "lvis-pickle-runs-code": benchmark_pickle("lvis_val.pkl", "lvis"),
@@ -403,18 +405,19 @@ def completed_run(tmp_path, episodes=3) -> tuple:
         return root, out, list(csv.DictReader(f))
 
 
-def semicolons(text: bytes) -> bytes:
+def as_a_spreadsheet_saves_it(text: bytes) -> bytes:
+    """The table with a byte-order mark, ``;`` between fields and CRLF line ends."""
     rows = list(csv.reader(io.StringIO(text.decode(), newline="")))
     buffer = io.StringIO()
-    csv.writer(buffer, delimiter=";").writerows(rows)
-    return buffer.getvalue().encode()
+    csv.writer(buffer, delimiter=";", lineterminator="\r\n").writerows(rows)
+    return buffer.getvalue().encode("utf-8-sig")
 
 
 DAMAGE = {
     "truncated-last-row": (lambda text: text[: text.rindex(b"\n", 0, len(text) - 1) + 30], 1),
     "garbage-in-a-row": (lambda text: text.replace(b"{", b"\xff\x00", 1), 1),
     "garbage-appended": (lambda text: text + bytes(range(256)), 0),
-    "semicolon-delimiter": (semicolons, 0),
+    "saved-by-a-spreadsheet": (as_a_spreadsheet_saves_it, 0),
 }
 
 
