@@ -83,6 +83,8 @@ def read_table(path: Path, key: tuple, check_row: Callable | None = None) -> tup
             break
         except csv.Error:
             damaged.append(line)
+            if reader.line_num < line:  # nothing consumed: stop rather than fail on the same line forever
+                break
             continue
         if not fields:
             continue
