@@ -108,6 +108,7 @@ def cmd_evaluate(args) -> int:
     from .models.encoding import Encoder
     from .models.loading import load_sam, resolve_device
     from .results import ResultsFile
+    from .workers import resolve_workers
 
     model_type = "tiny" if args.backend == "tiny" else args.model_type
     if args.backend == "sam" and args.checkpoint is None:
@@ -151,7 +152,8 @@ def cmd_evaluate(args) -> int:
         rows = evaluate(baseline, Encoder(sam), episodes, steps=args.steps, flow=flow, selector=args.selector,
                         seed=args.seed, resampling=args.resampling, settings=settings, limit=limit,
                         out=shard_path(args.out, rank, world) if sharded_out else args.out,
-                        shard=(rank, world), progress=not args.json and rank == 0)
+                        shard=(rank, world), progress=not args.json and rank == 0,
+                        workers=resolve_workers(args.workers, device, world))
         if world > 1:
             rows = in_protocol_order(distributed.gather_rows(rows), episode_ids(episodes, limit))
         if merged is not None:
@@ -233,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None,
                    help="results CSV, written per episode, resumable; under torchrun also one file per rank beside it")
     p.add_argument("--json", action="store_true", help="last line: a JSON object with the results and settings")
+    p.add_argument("--workers", type=int, default=None,
+                   help="CPU worker processes, one thread each (default: every core; 1 on a GPU or under torchrun)")
     p.set_defaults(func=cmd_evaluate)
 
     # Commands that live in their own module: each provides add_arguments(parser) and run(args) -> int.

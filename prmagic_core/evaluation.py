@@ -24,6 +24,7 @@ from .metrics import METRIC_NAMES, IoUAccumulator, episode_counts
 from .models.encoding import Encoder
 from .pipeline import run_episode
 from .results import ResultsFile
+from .workers import ordered_map
 
 VARIANTS = ("baseline", "top1", "oracle")
 # A benchmark that cannot load an episode raises BenchmarkError, a ValueError.
@@ -100,11 +101,13 @@ def summarise(accs: dict, settings: dict) -> dict:
 def evaluate(baseline: Baseline, encoder: Encoder, episodes, steps: int = 5, flow: FlowConfig = FlowConfig(),
              selector: str = "masked-image", seed: int = 0, resampling: str = "fixed", out=None,
              settings: dict | None = None, shard: tuple = (0, 1), limit: int | None = None,
-             progress: bool = True) -> list:
+             progress: bool = True, workers: int = 1) -> list:
     """Run this ``shard`` = (rank, world)'s share of the first ``limit`` episodes, skipping those already
     in ``out``; returns the shard's rows, the ones found in ``out`` included.
 
     ``episodes`` is a sequence of :class:`Episode`, or any lazy sequence with ``episode_ids``.
+    ``workers`` > 1 runs the episodes in that many forked processes (:mod:`prmagic_core.workers`);
+    the rows are those of one process.
     """
     settings = dict(settings or {})
     ids = episode_ids(episodes, limit)
@@ -116,7 +119,8 @@ def evaluate(baseline: Baseline, encoder: Encoder, episodes, steps: int = 5, flo
     table = ResultsFile(out, settings) if out is not None else None
     rows = []
     todo = [i for i in range(rank, len(ids), world) if not (table and table.done(ids[i]))]
-    for index in tqdm(todo, disable=not progress, desc=f"{baseline.name} T={steps}"):
+
+    def run_one(index: int) -> dict:
         class_name = "?"
         try:
             episode = episodes[index]
@@ -125,9 +129,12 @@ def evaluate(baseline: Baseline, encoder: Encoder, episodes, steps: int = 5, flo
                 raise ValueError(f"episode {ids[index]} has no query mask to score against")
             result = run_episode(baseline, encoder, episode, steps, flow, selector,
                                  episode_seed(seed, ids[index]), resampling)
-            row = _row(episode, result)
+            return _row(episode, result)
         except EPISODE_ERRORS as err:
-            row = _failed_row(ids[index], class_name, err)
+            return _failed_row(ids[index], class_name, err)
+
+    finished = ordered_map(run_one, todo, workers)
+    for row in tqdm(finished, total=len(todo), disable=not progress, desc=f"{baseline.name} T={steps}"):
         rows.append(row)
         if table is not None:
             table.append([row])
