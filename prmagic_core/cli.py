@@ -149,7 +149,7 @@ def cmd_evaluate(args) -> int:
         # table at --out, whose settings are checked before any work.
         sharded_out = args.out is not None and world > 1
         merged = ResultsFile(args.out, settings) if sharded_out and rank == 0 else None
-        rows = evaluate(baseline, Encoder(sam), episodes, steps=args.steps, flow=flow, selector=args.selector,
+        rows = evaluate(baseline, Encoder(sam, batch_size=args.encode_batch), episodes, steps=args.steps, flow=flow, selector=args.selector,
                         seed=args.seed, resampling=args.resampling, settings=settings, limit=limit,
                         out=shard_path(args.out, rank, world) if sharded_out else args.out,
                         shard=(rank, world), progress=not args.json and rank == 0,
@@ -237,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="last line: a JSON object with the results and settings")
     p.add_argument("--workers", type=int, default=None,
                    help="CPU worker processes, one thread each (default: every core; 1 on a GPU or under torchrun)")
+    p.add_argument("--encode-batch", type=int, default=None,
+                   help="images per SAM encoder call (default: as many as a memory budget allows)")
     p.set_defaults(func=cmd_evaluate)
 
     # Commands that live in their own module: each provides add_arguments(parser) and run(args) -> int.

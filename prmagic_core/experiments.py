@@ -315,7 +315,7 @@ class Lab:
 
             # Small embeddings for SAM-Tiny (~0.3 MB each); official SAM's are 4 MB plus the image.
             tiny = self.setup.backend == "tiny"
-            self._encoder = Encoder(self.sam, cache_size=512 if tiny else 64, batch_size=8 if tiny else 4)
+            self._encoder = Encoder(self.sam, cache_size=512 if tiny else 64)
         return self._encoder
 
     # -- data

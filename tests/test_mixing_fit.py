@@ -1,31 +1,11 @@
-"""PerSAM-F's fast weight fit against the plain autograd AdamW loop it replaces."""
+"""PerSAM-F's fast weight fit against the plain autograd AdamW loop it replaces (kept as the reference)."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
-from torchvision.ops import sigmoid_focal_loss
 
-from prmagic_core.baselines.mixing_fit import fit_mixing_weights
-from prmagic_core.baselines.persam import mix
-
-
-def plain_fit(outputs: torch.Tensor, truth: torch.Tensor, iters: int) -> tuple[torch.Tensor, list]:
-    """The reference: PerSAM-F's loop as released (autograd, torch's AdamW and cosine schedule)."""
-    truth = truth.float()
-    free = torch.nn.Parameter(torch.full((2,), 1 / 3))
-    optimizer = torch.optim.AdamW([free], lr=1e-3, eps=1e-4)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iters)
-    history = []
-    for _ in range(iters):
-        logits = mix(outputs, torch.cat([1 - free.sum(0, keepdim=True), free]))
-        prob = logits.sigmoid()
-        dice = 1 - (2 * (prob * truth).sum() + 1) / (prob.sum() + truth.sum() + 1)
-        loss = dice + sigmoid_focal_loss(logits, truth, alpha=0.25, gamma=2, reduction="mean")
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        history.append(float(loss.detach()))
-    return torch.cat([1 - free.sum(0, keepdim=True), free]).detach(), history
+from prmagic_core.baselines.mixing_fit import autograd_fit, fit_mixing_weights
 
 
 def logit_maps(size: int, seed: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,16 +27,18 @@ def logit_maps(size: int, seed: int, scale: float) -> tuple[torch.Tensor, torch.
 def test_fast_fit_gives_the_plain_loops_weights_and_losses(size, seed, scale, iters):
     outputs, truth = logit_maps(size, seed, scale)
     weights, history = fit_mixing_weights(outputs, truth, iters)
-    expected, expected_history = plain_fit(outputs, truth, iters)
+    expected, expected_history = autograd_fit(outputs, truth, iters)
     assert weights.shape == (3,) and float(weights.sum()) == pytest.approx(1.0, abs=1e-6)
     assert torch.allclose(weights, expected, atol=1e-5, rtol=0), (weights, expected)
     assert (weights - torch.tensor([1 / 3] * 3)).abs().max() > 1e-2  # the fit really moved
     assert history == pytest.approx(expected_history, rel=1e-4, abs=1e-6)
+    every_pixel, _ = fit_mixing_weights(outputs, truth, iters, saturated=math.inf)
+    assert torch.allclose(every_pixel, weights, atol=1e-6, rtol=0)
 
 
 @pytest.mark.slow
 def test_fast_fit_equals_the_plain_loop_at_512_px_for_1000_iterations():
     outputs, truth = logit_maps(512, 4, 30.0)
     weights, _ = fit_mixing_weights(outputs, truth, 1000)
-    expected, _ = plain_fit(outputs, truth, 1000)
+    expected, _ = autograd_fit(outputs, truth, 1000)
     assert torch.allclose(weights, expected, atol=1e-5, rtol=0), (weights, expected)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torchvision.ops import sigmoid_focal_loss
 
 FOCAL_ALPHA = 0.25
 LR, EPS, WEIGHT_DECAY, BETAS = 1e-3, 1e-4, 1e-2, (0.9, 0.999)
@@ -35,7 +36,8 @@ UNDERFLOW, TINY = -60.0, 1e-30
 class _SignedPixels:
     """The per-pixel data of the loss, mask pixels first, with the saturated ones set aside."""
 
-    def __init__(self, outputs: torch.Tensor, truth: torch.Tensor):
+    def __init__(self, outputs: torch.Tensor, truth: torch.Tensor, saturated: float):
+        self.saturated = saturated
         flat = outputs.detach().reshape(3, -1).float()
         inside = truth.reshape(-1).to(flat.device, torch.bool)
         signed = torch.cat([flat[:, inside], -flat[:, ~inside]], dim=1)
@@ -47,7 +49,7 @@ class _SignedPixels:
     def activate(self, a: float, b: float) -> None:
         """Keep the pixels that may leave saturation while (a, b) stays within RADIUS of here."""
         lowest = torch.add(self.abc[0], self.abc[1], alpha=a).add_(self.abc[2], alpha=b).sub_(self.reach)
-        keep = lowest < SATURATED
+        keep = lowest < self.saturated
         self.guard_underflow = bool(lowest.min() < UNDERFLOW)
         self.active = self.abc[:, keep].contiguous()
         self.active_mask = int(keep[: self.n_mask].sum())
@@ -95,10 +97,14 @@ class _SignedPixels:
         return dice + focal_sum / self.n, grad_a, grad_b
 
 
-def fit_mixing_weights(outputs: torch.Tensor, truth: torch.Tensor, iters: int) -> tuple[torch.Tensor, list]:
+def fit_mixing_weights(outputs: torch.Tensor, truth: torch.Tensor, iters: int,
+                       saturated: float = SATURATED) -> tuple[torch.Tensor, list]:
     """PerSAM-F's fit: (weights [1 - a - b, a, b] (3,), loss per iteration) from SAM's three logit
-    maps ``outputs`` (3, H, W) and the support mask ``truth`` (H, W), as the plain AdamW loop gives."""
-    pixels = _SignedPixels(outputs, truth)
+    maps ``outputs`` (3, H, W) and the support mask ``truth`` (H, W), as :func:`autograd_fit` gives.
+
+    ``saturated`` = inf keeps every pixel (the benchmark measures what setting them aside saves).
+    """
+    pixels = _SignedPixels(outputs, truth, saturated)
     params, m, v = [INIT, INIT], [0.0, 0.0], [0.0, 0.0]
     (beta1, beta2), history = BETAS, []
     for step in range(1, iters + 1):
@@ -113,3 +119,26 @@ def fit_mixing_weights(outputs: torch.Tensor, truth: torch.Tensor, iters: int) -
             params[i] -= lr / (1 - beta1**step) * m[i] / denom
     a, b = params
     return torch.tensor([1 - a - b, a, b], device=outputs.device), history
+
+
+def autograd_fit(outputs: torch.Tensor, truth: torch.Tensor, iters: int) -> tuple[torch.Tensor, list]:
+    """The plain loop, as the releases run it (autograd, torch's AdamW and cosine schedule): the
+    reference the tests hold :func:`fit_mixing_weights` to, and the benchmark's baseline."""
+    truth = truth.to(outputs.device, torch.float32)
+    free = torch.nn.Parameter(torch.full((2,), INIT, device=outputs.device))
+    optimizer = torch.optim.AdamW([free], lr=LR, eps=EPS, weight_decay=WEIGHT_DECAY, betas=BETAS)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iters)
+    history = []
+    with torch.enable_grad():
+        for _ in range(iters):
+            weights = torch.cat([1 - free.sum(0, keepdim=True), free])
+            logits = torch.einsum("k,khw->hw", weights, outputs)
+            prob = logits.sigmoid()
+            dice = 1 - (2 * (prob * truth).sum() + 1) / (prob.sum() + truth.sum() + 1)
+            loss = dice + sigmoid_focal_loss(logits, truth, alpha=FOCAL_ALPHA, gamma=2, reduction="mean")
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            history.append(float(loss.detach()))
+    return torch.cat([1 - free.sum(0, keepdim=True), free]).detach(), history
