@@ -1,4 +1,5 @@
 """The encoder's batch is bounded by memory and never changes an embedding."""
+import numpy as np
 import pytest
 import torch
 from segment_anything import sam_model_registry
@@ -30,3 +31,25 @@ def test_automatic_batch_follows_the_memory_budget(random_tiny):
     assert auto_batch(random_tiny, budget_mb=per_image_mb / 10) == 1  # never below one image
     with pytest.raises(ValueError, match="at least 1"):
         Encoder(random_tiny, batch_size=0)
+
+
+@pytest.mark.parametrize("with_box", [False, True])
+def test_one_decoder_call_for_equal_sized_point_sets_equals_one_call_each(with_box):
+    from prmagic_core.models import decoding
+    from prmagic_core.models.decoding import Prompts
+    from prmagic_core.models.loading import load_sam
+
+    sam = load_sam("tiny")
+    episode = episodes(1, seed=5, size=512)[0]
+    query = Encoder(sam).encode(episode.query_image)
+    rng = np.random.default_rng(0)
+    sets = [Prompts(rng.uniform(0, 511, (4, 2)), np.ones(4)) for _ in range(5)]
+    box = np.array([40.0, 60.0, 400.0, 380.0]) if with_box else None
+    with torch.no_grad():
+        batched = decoding.decode_many(sam, query.embedding, query, sets, box=box)
+        single = [decoding.decode(sam, query.embedding, query, p, box=box) for p in sets]
+    for a, b in zip(batched, single):  # batched matrix products round differently: ~1e-6 relative
+        torch.testing.assert_close(a.logits, b.logits, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(a.iou, b.iou, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="one length"):
+        decoding.decode_many(sam, query.embedding, query, [sets[0], Prompts(np.zeros((2, 2)), np.ones(2))])
