@@ -34,7 +34,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--backend", default="tiny", choices=["tiny", "sam"])
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--model-type", default="vit_b", choices=["vit_b", "vit_l", "vit_h"])
-    parser.add_argument("--baseline", default="persam_f", choices=["persam", "persam_f"])
+    parser.add_argument("--baseline", default="persam_f", choices=["persam", "persam_f", "matcher"])
     parser.add_argument("--episodes", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
@@ -45,6 +45,9 @@ def add_arguments(parser) -> None:
                         help="images per encoder call (default: from a memory budget)")
     parser.add_argument("--speedup-episodes", type=int, default=4,
                         help="episodes run with 1 and with 2 workers for workers_speedup (0 skips it)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed episodes first (0 on a slow backend)")
+    parser.add_argument("--skip-fit-steps", action="store_true",
+                        help="do not time the plain autograd fit beside the fast one (minutes at 1024 px)")
 
 
 class Meter:
@@ -183,18 +186,19 @@ def run(args) -> int:
     sam = load_sam(model_type, args.checkpoint, device=str(device))
     baseline = make_baseline(args.baseline)
     size = args.image_size or sam.image_encoder.img_size
-    episodes = shapeworld.episodes(args.episodes + 1, seed=args.seed, size=size)
+    episodes = shapeworld.episodes(args.episodes + args.warmup, seed=args.seed, size=size)
     meters, fits = {}, []
     for index, episode in enumerate(tqdm(episodes, desc="bench")):
         for name, work in _methods(baseline, episode, args.steps, args.seed).items():
             encoder = Encoder(sam, batch_size=args.encode_batch)
-            if index == 0:  # warm-up: first calls pay for allocation and kernel selection
+            if index < args.warmup:  # warm-up: first calls pay for allocation and kernel selection
                 work(encoder)
                 continue
             _measure(meters.setdefault(name, Meter()), device, encoder, lambda: work(encoder))
-        if index > 0:
-            fits.append(_fit_seconds(sam, Encoder(sam, batch_size=args.encode_batch), episode, reference=index == 1))
-    n = len(episodes) - 1
+        if index >= args.warmup:
+            first = index == args.warmup and not args.skip_fit_steps
+            fits.append(_fit_seconds(sam, Encoder(sam, batch_size=args.encode_batch), episode, reference=first))
+    n = args.episodes
     speedup = None
     if args.speedup_episodes > 0 and device.type == "cpu":
         extra = shapeworld.episodes(args.speedup_episodes, seed=args.seed + 1, size=size)
@@ -217,12 +221,14 @@ def run(args) -> int:
         "workers_speedup": speedup,
         "settings": dict(backend=args.backend, model_type=model_type, baseline=args.baseline, episodes=n,
                          steps=args.steps, seed=args.seed, device=str(device), sweep_etas=list(SWEEP_ETAS),
-                         image_size=size, encode_batch=Encoder(sam, batch_size=args.encode_batch).batch_size,
+                         warmup=args.warmup, image_size=size,
+                         encode_batch=Encoder(sam, batch_size=args.encode_batch).batch_size,
                          speedup_episodes=args.speedup_episodes, torch_threads=torch.get_num_threads()),
     }
-    plain = fits[0]["persamf_fit_plain_s"]
-    report["persamf_fit_steps"]["ratio_every_pixel_vs_plain"] = round(fits[0]["persamf_fit_every_pixel_s"] / plain, 3)
-    report["persamf_fit_steps"]["ratio_fast_vs_plain"] = round(fits[0]["persamf_fit_fast_s"] / plain, 3)
+    if not args.skip_fit_steps:
+        plain = fits[0]["persamf_fit_plain_s"]
+        report["persamf_fit_steps"]["ratio_every_pixel_vs_plain"] = round(fits[0]["persamf_fit_every_pixel_s"] / plain, 3)
+        report["persamf_fit_steps"]["ratio_fast_vs_plain"] = round(fits[0]["persamf_fit_fast_s"] / plain, 3)
     for key in ("ratio_pooled", "ratio_masked_image", "ratio_crop_pool", "ratio_eta_sweep4",
                 "ratio_eta_sweep4_masked_image"):
         report[key] = round(report[key], 3)
