@@ -146,6 +146,7 @@ def cmd_evaluate(args) -> int:
     from .models.loading import load_sam, resolve_device
     from .presets import get_preset, parse_assignments
     from .results import ResultsFile
+    from .workers import resolve_workers
 
     model_type = "tiny" if args.backend == "tiny" else args.model_type
     if args.backend == "sam" and args.checkpoint is None:
@@ -190,10 +191,11 @@ def cmd_evaluate(args) -> int:
         # table at --out, whose settings are checked before any work.
         sharded_out = args.out is not None and world > 1
         merged = ResultsFile(args.out, settings) if sharded_out and rank == 0 else None
-        rows = evaluate(baseline, Encoder(sam), episodes, steps=args.steps, flow=flow, selector=args.selector,
-                        seed=args.seed, preset=preset, settings=settings, limit=limit,
+        rows = evaluate(baseline, Encoder(sam, batch_size=args.encode_batch), episodes, steps=args.steps, flow=flow,
+                        selector=args.selector, seed=args.seed, preset=preset, settings=settings, limit=limit,
                         out=shard_path(args.out, rank, world) if sharded_out else args.out,
-                        shard=(rank, world), progress=not args.json and rank == 0, save_masks=args.save_masks)
+                        shard=(rank, world), progress=not args.json and rank == 0, save_masks=args.save_masks,
+                        workers=resolve_workers(args.workers, device, world))
         if world > 1:
             rows = in_protocol_order(distributed.gather_rows(rows), episode_ids(episodes, limit))
         if merged is not None:
@@ -321,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-masks", default=None, metavar="DIR",
                    help="draw B, T, O and every candidate on each query image: DIR/<episode>/{B,T,O,candidate_<t>}.png")
     p.add_argument("--json", action="store_true", help="last line: a JSON object with the results and settings")
+    p.add_argument("--workers", type=int, default=None,
+                   help="CPU worker processes, one thread each (default: every core; 1 on a GPU or under torchrun)")
+    p.add_argument("--encode-batch", type=int, default=None,
+                   help="images per SAM encoder call (default: as many as a memory budget allows)")
     p.set_defaults(func=cmd_evaluate)
 
     # Commands that live in their own module: each provides add_arguments(parser) and run(args) -> int.
@@ -349,6 +355,11 @@ ARGUMENT_RULES = {
     "fold": (lambda v: v >= 0, "at least 0"),
     "seed": (lambda v: v >= 0, "at least 0"),
     "episode_seed": (lambda v: v >= 0, "at least 0"),
+    "workers": (lambda v: v >= 1, "at least 1"),
+    "encode_batch": (lambda v: v >= 1, "at least 1"),
+    "image_size": (lambda v: v >= 16, "at least 16"),
+    "speedup_episodes": (lambda v: v >= 0, "at least 0"),
+    "warmup": (lambda v: v >= 0, "at least 0"),
 }
 
 

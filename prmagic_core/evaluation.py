@@ -28,6 +28,7 @@ from .overlays import save_overlays
 from .pipeline import run_episode
 from .presets import Preset
 from .results import ResultsFile
+from .workers import ordered_map
 
 VARIANTS = ("baseline", "top1", "oracle")
 # A benchmark that cannot load an episode raises BenchmarkError, a ValueError.
@@ -163,7 +164,8 @@ def bto_table(summary: dict) -> str:
 def evaluate(baseline: Baseline, encoder: Encoder, episodes, steps: int = 5, flow: FlowConfig = FlowConfig(),
              selector: str = "masked-image", seed: int = 0, resampling: str | None = None, out=None,
              settings: dict | None = None, shard: tuple = (0, 1), limit: int | None = None,
-             progress: bool = True, save_masks=None, preset: Preset | str | None = None) -> list:
+             progress: bool = True, save_masks=None, preset: Preset | str | None = None,
+             workers: int = 1) -> list:
     """Run this ``shard`` = (rank, world)'s share of the first ``limit`` episodes, skipping those already
     in ``out``; returns the shard's rows, the ones found in ``out`` included.
 
@@ -174,6 +176,8 @@ def evaluate(baseline: Baseline, encoder: Encoder, episodes, steps: int = 5, flo
     episode without a query mask, which is then recorded as failed (it cannot be scored).
 
     ``episodes`` is a sequence of :class:`Episode`, or any lazy sequence with ``episode_ids``.
+    ``workers`` > 1 runs the episodes in that many forked processes (:mod:`prmagic_core.workers`);
+    the rows are those of one process.
     """
     settings = dict(settings or {})
     ids = episode_ids(episodes, limit)
@@ -186,7 +190,8 @@ def evaluate(baseline: Baseline, encoder: Encoder, episodes, steps: int = 5, flo
     table = ResultsFile(out, settings, check_row=check_row) if out is not None else None
     rows = []
     todo = [i for i in range(rank, len(ids), world) if not (table and table.done(ids[i]))]
-    for index in tqdm(todo, disable=not progress, desc=f"{baseline.name} steps={steps}", unit="episode"):
+
+    def run_one(index: int) -> dict:
         class_name = "?"
         try:
             episode = episodes[index]
@@ -200,9 +205,13 @@ def evaluate(baseline: Baseline, encoder: Encoder, episodes, steps: int = 5, flo
                 save_overlays(Path(save_masks) / ids[index], episode, result)
             if episode.query_mask is None:
                 raise ValueError(f"{unscored} (its masks are in {Path(save_masks) / ids[index]})")
-            row = _row(episode, result)
+            return _row(episode, result)
         except EPISODE_ERRORS as err:
-            row = _failed_row(ids[index], class_name, err)
+            return _failed_row(ids[index], class_name, err)
+
+    finished = ordered_map(run_one, todo, workers)
+    for row in tqdm(finished, total=len(todo), disable=not progress, desc=f"{baseline.name} steps={steps}",
+                    unit="episode"):
         rows.append(row)
         if table is not None:
             table.append([row])

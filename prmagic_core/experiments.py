@@ -55,6 +55,7 @@ from .results import ResultsFile
 from .pipeline import select_final
 from .presets import get_preset
 from .select import SELECTORS, oracle
+from .workers import ordered_map, resolve_workers
 
 TABLE_VERSION = 2  # 2: rows from a preset (selector evidence, first-shot support)
 BACKENDS = ("tiny", "sam")
@@ -279,12 +280,17 @@ def _failed_row(baseline: str, flow_key: tuple, seed: int, episode_id: str, step
 # ---------------------------------------------------------------- the lab: model, data, tables
 
 class Lab:
-    """One model and one data source; loads the model only when a table lacks rows."""
+    """One model and one data source; loads the model only when a table lacks rows.
 
-    def __init__(self, setup: Setup, cache_dir="build/cache", flush_every: int = 32):
+    ``workers``: processes that compute a sweep's missing episodes (default: every core on a CPU;
+    see :mod:`prmagic_core.workers`); the table is the one a single process writes.
+    """
+
+    def __init__(self, setup: Setup, cache_dir="build/cache", flush_every: int = 32, workers: int | None = None):
         self.setup = setup
         self.cache_dir = Path(cache_dir)
         self.flush_every = flush_every
+        self.workers = workers
         self._sam = None
         self._encoder = None
         self._episodes = None
@@ -319,7 +325,7 @@ class Lab:
 
             # Small embeddings for SAM-Tiny (~0.3 MB each); official SAM's are 4 MB plus the image.
             tiny = self.setup.backend == "tiny"
-            self._encoder = Encoder(self.sam, cache_size=512 if tiny else 64, batch_size=8 if tiny else 4)
+            self._encoder = Encoder(self.sam, cache_size=512 if tiny else 64)
         return self._encoder
 
     # -- data
@@ -407,14 +413,24 @@ class Lab:
             table.append(pending)
             pending, last_flush = [], time.monotonic()
 
+        def episode_rows(unit):
+            (baseline, index), missing = unit
+            return self._episode_rows(baseline, index, ids[index], missing, sweep)
+
+        units = [unit for unit in todo.items() if unit[1]]
+        workers = resolve_workers(self.workers, self.device)
+        if workers == 1:  # trajectory by trajectory, so an interruption loses at most the one in flight
+            trajectories = (rows for unit in units for rows in episode_rows(unit))
+        else:  # episode by episode, each in a worker
+            finished = ordered_map(lambda unit: list(episode_rows(unit)), units, workers)
+            trajectories = (rows for episode in finished for rows in episode)
         try:
             with tqdm(total=total, disable=not progress or total == 0, desc=f"sweep {self.table_path(sweep).name}") as bar:
-                for (baseline, index), missing in todo.items():
-                    for rows in self._episode_rows(baseline, index, ids[index], missing, sweep):
-                        pending.extend(rows)
-                        bar.update(1)
-                        if len(pending) >= self.flush_every * (sweep.steps + 1) or time.monotonic() - last_flush > 30:
-                            flush()
+                for rows in trajectories:
+                    pending.extend(rows)
+                    bar.update(1)
+                    if len(pending) >= self.flush_every * (sweep.steps + 1) or time.monotonic() - last_flush > 30:
+                        flush()
         finally:  # an interrupted sweep keeps every trajectory it finished
             flush()
         return sweep.rows_of(to_frame(table.rows), ids)

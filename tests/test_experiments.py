@@ -45,16 +45,16 @@ def test_sweep_resumes_without_recomputing_and_gives_the_same_table(tmp_path, mo
     trajectories = 2 * 2  # etas x episodes
     counter = Counting(ex.refine)
     monkeypatch.setattr(ex, "refine", counter)
-    whole = ex.Lab(ex.Setup(), tmp_path / "whole").sweep(sweep, progress=False)
+    whole = ex.Lab(ex.Setup(), tmp_path / "whole", workers=1).sweep(sweep, progress=False)
     assert counter.calls == trajectories and len(whole) == trajectories * (sweep.steps + 1)
 
     interrupted = Counting(counter.refine, stop_at=2)  # inside episode 0, after its first trajectory
     monkeypatch.setattr(ex, "refine", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        ex.Lab(ex.Setup(), tmp_path / "resumed", flush_every=1).sweep(sweep, progress=False)
+        ex.Lab(ex.Setup(), tmp_path / "resumed", flush_every=1, workers=1).sweep(sweep, progress=False)
     resumed_counter = Counting(counter.refine)
     monkeypatch.setattr(ex, "refine", resumed_counter)
-    lab = ex.Lab(ex.Setup(), tmp_path / "resumed")
+    lab = ex.Lab(ex.Setup(), tmp_path / "resumed", workers=1)
     resumed = lab.sweep(sweep, progress=False)
     assert resumed_counter.calls == trajectories - 1  # the one finished before the interruption is not redone
     pd.testing.assert_frame_equal(resumed, whole)

@@ -37,7 +37,6 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from segment_anything.modeling.transformer import Attention, TwoWayTransformer
 from segment_anything.utils.transforms import ResizeLongestSide
-from torchvision.ops import sigmoid_focal_loss
 
 from ..masks import box_of
 from ..models import decoding
@@ -46,6 +45,7 @@ from ..models.encoding import Encoded, Encoder, to_grid, to_image_frame
 from ..presets import Preset, get_preset
 from ..select import SelectorEvidence
 from .base import Baseline, EmptySupportWarning, Prompter
+from .mixing_fit import fit_mixing_weights
 
 PROTOTYPES = ("mean", "maxmean")
 # PR-MaGIC's PerSAM-F sampler: band 1 is S >= q(0.99999), band 2 is S >= q(0.9999) (it contains band 1).
@@ -298,19 +298,9 @@ class PerSAM(Baseline):
 
 # ---------------------------------------------------------------- PerSAM-F
 
-def mixing_weights(free: torch.Tensor) -> torch.Tensor:
-    """w = [1 - a - b, a, b] from the two free scalars (a, b)."""
-    return torch.cat([1 - free.sum(0, keepdim=True), free])
-
-
 def mix(logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """SAM's three multimask outputs (3, h, w) combined by ``weights`` (3,)."""
     return torch.einsum("k,khw->hw", weights, logits)
-
-
-def dice_loss(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    prob = logits.sigmoid()
-    return 1 - (2 * (prob * truth).sum() + 1) / (prob.sum() + truth.sum() + 1)
 
 
 def fit_mask_weights(sam: Sam, support: Encoded, support_mask: np.ndarray, prompts: Prompts,
@@ -318,25 +308,12 @@ def fit_mask_weights(sam: Sam, support: Encoded, support_mask: np.ndarray, promp
     """PerSAM-F's fine-tuning on the support image, prompted with ``prompts``: (weights (3,), loss per iteration).
 
     The decoder's outputs do not depend on the weights, so it runs once (the release re-runs
-    it every iteration, to the same effect) and only the mixing trains.
+    it every iteration, to the same effect) and only the mixing trains (:func:`fit_mixing_weights`:
+    the plain AdamW loop's result without autograd).
     """
     with torch.no_grad():
         outputs = to_image_frame(decoding.decode(sam, support.embedding, support, prompts).logits, support)
-    truth = torch.as_tensor(np.asarray(support_mask, dtype=bool), dtype=torch.float32, device=outputs.device)
-    free = torch.nn.Parameter(torch.full((2,), 1 / 3, device=outputs.device))
-    optimizer = torch.optim.AdamW([free], lr=1e-3, eps=1e-4)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iters)
-    history = []
-    with torch.enable_grad():
-        for _ in range(iters):
-            logits = mix(outputs, mixing_weights(free))
-            loss = dice_loss(logits, truth) + sigmoid_focal_loss(logits, truth, alpha=0.25, gamma=2, reduction="mean")
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            history.append(loss.detach())
-    return mixing_weights(free).detach(), torch.stack(history).tolist()
+    return fit_mixing_weights(outputs, torch.as_tensor(np.asarray(support_mask, dtype=bool)), iters)
 
 
 def band_prompts(similarity: torch.Tensor, points: int, generator: torch.Generator,

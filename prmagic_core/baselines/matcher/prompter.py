@@ -199,13 +199,29 @@ class MatcherPrompter(Prompter):
         return decoding.decode(self.sam, embedding, self.query, points, box=prompts.box,
                                multimask=self.preset.multimask)
 
+    def _decode_subsets(self, embedding: torch.Tensor, prompts: MatcherPrompts) -> list:
+        """Every subset's decode, in order: one decoder call per subset size (SAM's prompt padding
+        makes only equal sizes batch to what one call per subset gives)."""
+        by_size: dict = {}
+        for index, subset in enumerate(prompts.subsets):
+            by_size.setdefault(len(subset), []).append(index)
+        decoded = [None] * len(prompts.subsets)
+        for indices in by_size.values():
+            point_sets = [Prompts(prompts.coords[prompts.subsets[i]], prompts.labels[prompts.subsets[i]])
+                          for i in indices]
+            batch = decoding.decode_many(self.sam, embedding, self.query, point_sets, box=prompts.box,
+                                         multimask=self.preset.multimask)
+            for index, result in zip(indices, batch):
+                decoded[index] = result
+        return decoded
+
     def decode(self, embedding: torch.Tensor, prompts: Prompts, similarity: torch.Tensor):
         """Matcher's mask on ``embedding`` from ``prompts`` (``similarity`` is unused: the
         matching it came from travels with the prompts)."""
         if not isinstance(prompts, MatcherPrompts) or prompts.evidence is None:
             raise TypeError("Matcher decodes MatcherPrompts from its own sample_prompts()")
         with self._timed("decoding"), torch.no_grad():
-            decoded = [self._decode_subset(embedding.detach(), prompts, i) for i in range(len(prompts.subsets))]
+            decoded = self._decode_subsets(embedding.detach(), prompts)
             logits = torch.cat([d.logits for d in decoded])
             origin = [(i, j) for i, d in enumerate(decoded) for j in range(len(d.iou))]
             stability = calculate_stability_score(logits, self.sam.mask_threshold, 1.0)
