@@ -103,7 +103,10 @@ class Sweep:
     """A grid of settings: baselines x etas x gammas x drifts x seeds over the first ``episodes``.
 
     The other fields are fixed for the whole table (they are part of its file's settings).
-    ``drifts=(False,)`` zeroes the gradient term (noise only); ``gammas=(0.0,)`` is drift only.
+    ``drifts=(False,)`` zeroes the gradient term (noise only); ``gammas=(0.0,)`` is drift only;
+    ``etas=(0.0,), gammas=(0.0,)`` with ``resampling="fresh"`` is resampling only.
+    ``direction``, ``step`` and ``step_size`` size and point the drift (see
+    :class:`~prmagic_core.flow.FlowConfig`): one table per choice, :meth:`Lab.sweeps` runs several.
     """
 
     baselines: tuple = ("persam_f",)
@@ -120,6 +123,9 @@ class Sweep:
     resampling: str = "fixed"
     selectors: tuple = SELECTORS
     released_point_order: bool = False
+    direction: str = "gradient"
+    step: str = "fixed"
+    step_size: float | None = None
 
     def __post_init__(self):
         # Canonical types: the table keys rows by str(value), so 0 and 0.0 must not both occur.
@@ -138,7 +144,8 @@ class Sweep:
 
     def flow(self, eta: float, gamma: float, drift: bool) -> FlowConfig:
         return FlowConfig(eta=eta, gamma=gamma, clip=self.clip, divergence=self.divergence,
-                          reduction=self.reduction, grad_at=self.grad_at, drift=drift)
+                          reduction=self.reduction, grad_at=self.grad_at, drift=drift, direction=self.direction,
+                          step=self.step, step_size=self.step_size)
 
     def flows(self) -> list:
         """(eta, gamma, drift) of every flow setting of the grid."""
@@ -386,52 +393,70 @@ class Lab:
 
     def sweep(self, sweep: Sweep, progress: bool = True) -> pd.DataFrame:
         """The table of ``sweep``: rows already on disk are read, missing trajectories computed."""
-        table = ResultsFile(self.table_path(sweep), self.settings(sweep), key=KEY)
-        ids = self.episode_ids(sweep.episodes)
-        combos = [(f, seed) for f in sweep.flows() for seed in sweep.seeds]
-        todo = {(b, i): [c for c in combos if not table.done(b, *c[0], c[1], eid, sweep.steps)]
-                for b in sweep.baselines for i, eid in enumerate(ids)}
+        return self.sweeps([sweep], progress)[0]
+
+    def sweeps(self, sweeps, progress: bool = True) -> list:
+        """The tables of several sweeps (one file each), computed episode by episode: a baseline's
+        prompter and its decodes on z0 are prepared once per episode for all of them."""
+        sweeps = list(sweeps)
+        tables = [ResultsFile(self.table_path(s), self.settings(s), key=KEY) for s in sweeps]
+        ids = self.episode_ids(max(s.episodes for s in sweeps))
+        todo = {}  # (baseline, episode index) -> [(sweep index, flow key, seed)] not on disk yet
+        for k, (sweep, table) in enumerate(zip(sweeps, tables)):
+            for b in sweep.baselines:
+                for i, eid in enumerate(ids[:sweep.episodes]):
+                    todo.setdefault((b, i), []).extend(
+                        (k, f, seed) for f in sweep.flows() for seed in sweep.seeds
+                        if not table.done(b, *f, seed, eid, sweep.steps))
         total = sum(len(v) for v in todo.values())
-        pending, last_flush = [], time.monotonic()
+        pending, last_flush = [[] for _ in sweeps], time.monotonic()
 
         def flush():
-            nonlocal pending, last_flush
-            table.append(pending)
-            pending, last_flush = [], time.monotonic()
+            nonlocal last_flush
+            for table, rows in zip(tables, pending):
+                table.append(rows)
+                rows.clear()
+            last_flush = time.monotonic()
 
         try:
-            with tqdm(total=total, disable=not progress or total == 0, desc=f"sweep {self.table_path(sweep).name}") as bar:
+            names = ", ".join(self.table_path(s).name for s in sweeps[:2]) + (", ..." if len(sweeps) > 2 else "")
+            with tqdm(total=total, disable=not progress or total == 0, desc=f"sweep {names}") as bar:
                 for (baseline, index), missing in todo.items():
-                    for rows in self._episode_rows(baseline, index, ids[index], missing, sweep):
-                        pending.extend(rows)
+                    for k, rows in self._episode_rows(baseline, index, ids[index], missing, sweeps):
+                        pending[k].extend(rows)
                         bar.update(1)
-                        if len(pending) >= self.flush_every * (sweep.steps + 1) or time.monotonic() - last_flush > 30:
+                        if (sum(map(len, pending)) >= self.flush_every * (sweeps[k].steps + 1)
+                                or time.monotonic() - last_flush > 30):
                             flush()
         finally:  # an interrupted sweep keeps every trajectory it finished
             flush()
-        return select_rows(to_frame(table.rows), sweep, ids)
+        return [select_rows(to_frame(table.rows), sweep, ids[:sweep.episodes]) for sweep, table in zip(sweeps, tables)]
 
-    def _episode_rows(self, baseline: str, index: int, episode_id: str, missing: list, sweep: Sweep):
-        """Yields the rows of each missing trajectory of one episode; the prompter is prepared once for all."""
+    def _episode_rows(self, baseline: str, index: int, episode_id: str, missing: list, sweeps: list):
+        """Yields (sweep index, rows) of each missing trajectory of one episode; the prompter is prepared
+        once for all (once per point order)."""
         if not missing:
             return
-        class_name = "?"
-        try:
-            episode = self.episode(index)
-            class_name = episode.class_name
-            prompter = self.prepare(baseline, episode, sweep.released_point_order)
-            memo = DecodeMemo(prompter)
-        except EPISODE_ERRORS as err:
-            for flow_key, seed in missing:
-                yield [_failed_row(baseline, flow_key, seed, episode_id, sweep.steps, class_name, err)]
-            return
-        for flow_key, seed in missing:
+        class_name, prepared = "?", {}
+        for k, flow_key, seed in missing:
+            sweep = sweeps[k]
             try:
+                episode = self.episode(index)
+                class_name = episode.class_name
+                if sweep.released_point_order not in prepared:  # a failed preparation is not retried
+                    try:
+                        prompter = self.prepare(baseline, episode, sweep.released_point_order)
+                        prepared[sweep.released_point_order] = prompter, DecodeMemo(prompter)
+                    except EPISODE_ERRORS as err:
+                        prepared[sweep.released_point_order] = err
+                if isinstance(prepared[sweep.released_point_order], Exception):
+                    raise prepared[sweep.released_point_order]
+                prompter, memo = prepared[sweep.released_point_order]
                 scored = run_trajectory(prompter, self.encoder, episode, sweep.flow(*flow_key), seed, sweep.steps,
                                         sweep.resampling, sweep.selectors, memo)
-                yield _rows(scored, episode, baseline, flow_key, seed)
+                yield k, _rows(scored, episode, baseline, flow_key, seed)
             except EPISODE_ERRORS as err:
-                yield [_failed_row(baseline, flow_key, seed, episode_id, sweep.steps, class_name, err)]
+                yield k, [_failed_row(baseline, flow_key, seed, episode_id, sweep.steps, class_name, err)]
 
     def trace(self, baseline: str, index: int, eta: float, gamma: float = 0.1, drift: bool = True, seed: int = 0,
               sweep: Sweep = Sweep()) -> "Trace":

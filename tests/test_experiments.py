@@ -162,3 +162,21 @@ def test_figures_render_from_a_trace_and_a_table(tmp_path):
             assert (tmp_path / "figures" / f"{name}.{ext}").stat().st_size > 1000
     with pytest.raises(ValueError, match="plain file stem"):
         viz.save(None, "../x", tmp_path)
+
+
+def test_sweeps_share_each_episodes_prompter_and_equal_the_sweeps_alone(tmp_path, monkeypatch):
+    small = dict(baselines=("persam",), etas=(1e-3,), gammas=(0.0,), seeds=(0,), episodes=2, steps=1,
+                 selectors=("pooled",))
+    grid = [ex.Sweep(**small, direction=d, step_size=3.6) for d in ("gradient", "random")]
+    grid.append(ex.Sweep(**{**small, "etas": (0.0,)}, resampling="fresh"))
+    alone = [ex.Lab(ex.Setup(), tmp_path / "alone").sweep(s, progress=False) for s in grid]
+    lab = ex.Lab(ex.Setup(), tmp_path / "together")
+    prepared = Counting(lab.prepare)
+    monkeypatch.setattr(lab, "prepare", prepared)
+    together = lab.sweeps(grid, progress=False)
+    assert prepared.calls == 2  # once per episode, not once per sweep
+    for a, b in zip(alone, together):
+        pd.testing.assert_frame_equal(a, b)
+    moved = together[0].dropna(subset=["drift_norm"])
+    assert np.allclose(moved.drift_norm, 3.6, rtol=1e-5) and (moved.noise_norm == 0).all()
+    assert len({ex.Lab(ex.Setup(), tmp_path).table_path(s) for s in grid}) == 3
