@@ -36,7 +36,7 @@ import json
 import math
 import time
 import zlib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,7 @@ from .data.sources import kind_of, load_source
 from .evaluation import EPISODE_ERRORS, episode_ids, episode_seed
 from .flow import FlowConfig
 from .metrics import episode_counts
+from .push import ARMS, push
 from .refine import DecodeMemo, refine
 from .results import ResultsFile
 from .select import SELECTORS, oracle, select
@@ -150,6 +151,12 @@ class Sweep:
     def flows(self) -> list:
         """(eta, gamma, drift) of every flow setting of the grid."""
         return [(e, g, d) for e in self.etas for g in self.gammas for d in self.drifts]
+
+    def along(self, arm: str, norm: float) -> "Sweep":
+        """This grid with a drift of L2 norm ``norm`` along a direction arm of :data:`~prmagic_core.push.ARMS`
+        and no noise (gamma 0): one cell of the direction test."""
+        direction, reduction = ARMS[arm]
+        return replace(self, gammas=(0.0,), direction=direction, reduction=reduction, step_size=float(norm))
 
     def table_settings(self) -> dict:
         """The fields fixed for a table (everything but the grid axes and the episode count)."""
@@ -457,6 +464,39 @@ class Lab:
                 yield k, _rows(scored, episode, baseline, flow_key, seed)
             except EPISODE_ERRORS as err:
                 yield k, [_failed_row(baseline, flow_key, seed, episode_id, sweep.steps, class_name, err)]
+
+    def pushes(self, baseline: str, n_episodes: int, norms, seeds=(0,), arms=tuple(ARMS), reduction: str = "sum",
+               top_fraction: float = 0.01, released_point_order: bool = False, progress: bool = True) -> pd.DataFrame:
+        """Rows of :func:`prmagic_core.push.push` (one step from z0 per arm and norm) for each seed and
+        episode, with ``baseline``, ``seed``, ``episode``, ``class``; cached and resumable like a sweep."""
+        sweep = Sweep(baselines=(baseline,), reduction=reduction, released_point_order=released_point_order)
+        settings = {**self.settings(sweep), "probe": "push", "baseline": baseline, "norms": [float(n) for n in norms],
+                    "arms": list(arms), "top_fraction": float(top_fraction)}
+        digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+        s = self.setup
+        file = ResultsFile(self.cache_dir / f"push-{s.dataset}-{self.kind}-{s.sam_type}-{baseline}-{digest}.csv",
+                           settings, key=("seed", "episode"))
+        ids = self.episode_ids(n_episodes)
+        for index, episode_id in enumerate(tqdm(ids, disable=not progress, desc=f"push {baseline}")):
+            missing = [seed for seed in seeds if not file.done(seed, episode_id)]
+            if not missing:
+                continue
+            try:
+                episode = self.episode(index)
+                prompter = self.prepare(baseline, episode, released_point_order)
+                memo = DecodeMemo(prompter)
+                for seed in missing:
+                    generator = torch.Generator().manual_seed(episode_seed(seed, episode.name))
+                    rows = push(prompter, memo, episode.query_mask, norms, arms, generator, reduction, top_fraction)
+                    file.append([{"baseline": baseline, "seed": seed, "episode": episode_id,
+                                  "class": episode.class_name, "status": "ok", **row} for row in rows])
+            except EPISODE_ERRORS as err:
+                file.append([{"baseline": baseline, "seed": seed, "episode": episode_id, "status": "failed",
+                              "reason": f"{type(err).__name__}: {err}"} for seed in missing if not file.done(seed, episode_id)])
+        frame = pd.DataFrame(file.rows)
+        frame = frame[frame.seed.astype(int).isin(seeds) & frame.episode.isin(ids)]
+        text = {"baseline", "episode", "class", "arm", "status", "reason"}
+        return frame.apply(lambda c: c if c.name in text else pd.to_numeric(c.replace("", np.nan))).reset_index(drop=True)
 
     def trace(self, baseline: str, index: int, eta: float, gamma: float = 0.1, drift: bool = True, seed: int = 0,
               sweep: Sweep = Sweep()) -> "Trace":

@@ -180,3 +180,16 @@ def test_sweeps_share_each_episodes_prompter_and_equal_the_sweeps_alone(tmp_path
     moved = together[0].dropna(subset=["drift_norm"])
     assert np.allclose(moved.drift_norm, 3.6, rtol=1e-5) and (moved.noise_norm == 0).all()
     assert len({ex.Lab(ex.Setup(), tmp_path).table_path(s) for s in grid}) == 3
+
+
+def test_pushes_are_cached_and_along_sets_one_direction_cell(tmp_path, monkeypatch):
+    lab = ex.Lab(ex.Setup(), tmp_path)
+    first = lab.pushes("persam", 1, norms=[0.0, 5.0], seeds=(0,), arms=("gradient", "random"), progress=False)
+    assert len(first) == 4 and set(first.arm) == {"gradient", "random"} and (first.status == "ok").all()
+    again = ex.Lab(ex.Setup(), tmp_path)
+    monkeypatch.setattr(again, "prepare", Counting(again.prepare))
+    pd.testing.assert_frame_equal(again.pushes("persam", 1, norms=[0.0, 5.0], seeds=(0,), arms=("gradient", "random"),
+                                               progress=False), first)
+    assert again.prepare.calls == 0
+    cell = ex.Sweep().along("foreground", 3.6)
+    assert cell.flow(1e-3, *cell.gammas, True) == FlowConfig(gamma=0.0, reduction="foreground", step_size=3.6)
