@@ -347,7 +347,21 @@ def table_contrast(a: pd.DataFrame, b: pd.DataFrame, selector: str, by=("baselin
         for variant, column in (("T", f"iou_T {selector}"), ("O", "iou_O")):
             interval = paired_interval(scale * group[f"{column}_a"], scale * group[f"{column}_b"],
                                        clusters=group.episode, **bootstrap)
-            rows.append({**labels, "variant": variant, **interval, "episodes": interval.pop("clusters")})
+            episodes = interval.pop("clusters")
+            rows.append({**labels, "variant": variant, **interval, "episodes": episodes})
+    return pd.DataFrame(rows)
+
+
+def interval_summary(frame: pd.DataFrame, by, measures, **bootstrap) -> pd.DataFrame:
+    """Mean of each of ``measures`` per ``by`` group with a 95% interval by a cluster bootstrap over
+    episodes, long format: the group, ``measure``, ``mean``, ``low``, ``high``, ``n``, ``episodes``."""
+    rows = []
+    for key, group in ok(frame).groupby(list(by), sort=True):
+        labels = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        for measure in measures:
+            interval = cluster_bootstrap(group[measure], group.episode, **bootstrap)
+            rows.append({**labels, "measure": measure, **{k: interval[k] for k in ("mean", "low", "high", "n")},
+                         "episodes": interval["clusters"]})
     return pd.DataFrame(rows)
 
 
@@ -388,6 +402,20 @@ def markdown_table(frame: pd.DataFrame, floatfmt: str = ".2f", formats: dict | N
 
 
 # ---------------------------------------------------------------- theory: noise against drift
+
+def step_norm_grid(eta: float, gamma: float, clip: float, size: int, between: int = 1, past=(4.0,)) -> dict:
+    """Labelled L2 norms of one step for the direction test, from the paper's largest drift
+    eta * clip * sqrt(n) (``size`` = n, the embedding's element count), through ``between`` geometric
+    points, to the noise's norm sqrt(2 eta gamma n), and multiples ``past`` it."""
+    drift, noise = eta * clip * math.sqrt(size), math.sqrt(2 * eta * gamma * size)
+    grid = {"paper drift": drift}
+    for k in range(1, between + 1):
+        norm = drift * (noise / drift) ** (k / (between + 1))
+        grid[f"{norm / drift:.0f}x drift"] = norm
+    grid["noise"] = noise
+    grid.update({f"{m:g}x noise": m * noise for m in past})
+    return grid
+
 
 def noise_vs_drift(etas, gamma: float = 0.1, clip: float = 0.1) -> pd.DataFrame:
     """Per element and step: the noise std sqrt(2 eta gamma) vs the largest drift eta * clip."""

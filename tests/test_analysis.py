@@ -215,3 +215,18 @@ def test_table_contrast_pairs_episodes_and_seeds_of_two_tables():
     # T: e0 picks 0.6 vs 0.2, e1 0.5 vs 0.5 -> +20 on average; O: 0.6 - 0.3 and 0.5 - 0.5 -> +15
     assert math.isclose(frame.loc["T", "mean"], 20.0) and math.isclose(frame.loc["O", "mean"], 15.0)
     assert frame.loc["O", "episodes"] == 2 and frame.loc["O", "low"] <= 15.0 <= frame.loc["O", "high"]
+
+
+def test_step_norm_grid_spans_the_papers_drift_to_past_the_noise():
+    grid = an.step_norm_grid(1e-3, 0.1, 0.1, 64 * 32 * 32, between=1, past=(4.0,))
+    assert list(grid) == ["paper drift", "12x drift", "noise", "4x noise"]
+    assert math.isclose(grid["paper drift"], 1e-4 * 256) and math.isclose(grid["noise"], math.sqrt(2e-4) * 256)
+    assert math.isclose(grid["12x drift"] ** 2, grid["paper drift"] * grid["noise"])  # the geometric middle
+    assert math.isclose(grid["4x noise"], 4 * grid["noise"])
+
+
+def test_interval_summary_clusters_by_episode():
+    frame = pd.DataFrame({"status": "ok", "arm": ["g"] * 4, "episode": ["e0", "e0", "e1", "e1"], "x": [1.0, 3.0, 5.0, 7.0]})
+    row = an.interval_summary(frame, ["arm"], ["x"]).iloc[0]
+    assert row.measure == "x" and row["mean"] == 4.0 and row.n == 4 and row.episodes == 2
+    assert row.low == 2.0 and row.high == 6.0  # two clusters: resamples average (e0, e0), (e0, e1) or (e1, e1)
