@@ -326,6 +326,12 @@ class Lab:
             self._encoder = Encoder(self.sam, cache_size=512 if tiny else 64, batch_size=8 if tiny else 4)
         return self._encoder
 
+    @property
+    def embedding_size(self) -> int:
+        """Elements of one image embedding: the n of the flow's sqrt(n) norms (loads the model)."""
+        encoder = self.sam.prompt_encoder
+        return encoder.embed_dim * encoder.image_embedding_size[0] * encoder.image_embedding_size[1]
+
     # -- data
     @property
     def image_size(self) -> int:
