@@ -652,7 +652,8 @@ DIRECTION = [
         norms_between = 1  # geometric points between the paper's drift and the noise's norm
         norms_past = [4.0, 16.0]  # multiples of the noise's norm
         top_fraction = 0.01  # the similarity map's top region: this share of its pixels
-        policies = {"relative": 0.02, "backtrack": 0.1, "grow": 10.0}  # FlowConfig(step=name, step_size=value)
+        policies = ["relative", "backtrack", "grow"]  # adaptive steps: FlowConfig.step names
+        policy_sizes = [0.02, 0.1, 10.0]  # relative, backtrack: fractions of ||z0||; grow: eta's factor
         preset = None  # no presets in this build yet: today's defaults (every figure says so)
         """),
     setup("08_gradient_direction", """\
@@ -661,6 +662,7 @@ DIRECTION = [
         import pandas as pd
 
         eta = ex.DEFAULT_ETA[lab.kind] if eta is None else eta
+        policies = dict(zip(policies, policy_sizes))
         norms = an.step_norm_grid(eta, gamma, clip, lab.embedding_size, norms_between, norms_past)
         settings.update(eta=eta, gamma=gamma, clip=clip, selector=selector, arms=arms, norms=norms, policies=policies,
                         top_fraction=top_fraction, image_size=lab.image_size, resampling="fixed", grad_at="z0",
