@@ -804,8 +804,8 @@ DIRECTION = [
             for name in policies:
                 t, o = versus_best[f"{b}/{name}/T"], versus_best[f"{b}/{name}/O"]
                 verdict.append(f"- {b}, adaptive `{name}`: T {t['mean']:+.2f} ({t['low']:+.2f} to {t['high']:+.2f}), "
-                               f"O {o['mean']:+.2f} ({o['low']:+.2f} to {o['high']:+.2f}) points against the best fixed eta "
-                               f"({an.direction(t)} on T, {an.direction(o)} on O).")
+                               f"O {o['mean']:+.2f} ({o['low']:+.2f} to {o['high']:+.2f}) points against the best fixed eta: "
+                               f"{an.direction(t)} it on T, {an.direction(o)} it on O.")
         display(Markdown(f"{caption}\\n\\n" + "\\n".join(verdict)))
         """),
     headline("""{

@@ -456,7 +456,7 @@ def intervals_figure(frame: pd.DataFrame, label: str = "setting", panel: str = "
                         ecolor="black", capsize=2)
             ax.axvline(0.0, color="black", linewidth=0.6)
             ax.set_yticks(y, names)
-            ax.invert_yaxis()
             ax.set_title(f"{r}: {labels.get(p, p)}", fontsize=9)
+    axes[0, 0].invert_yaxis()  # the axes share y: once puts the first label on top of every panel
     fig.tight_layout()
     return fig

@@ -193,3 +193,19 @@ def test_pushes_are_cached_and_along_sets_one_direction_cell(tmp_path, monkeypat
     assert again.prepare.calls == 0
     cell = ex.Sweep().along("foreground", 3.6)
     assert cell.flow(1e-3, *cell.gammas, True) == FlowConfig(gamma=0.0, reduction="foreground", step_size=3.6)
+
+
+def test_interval_figures_draw_one_line_or_bar_per_setting(tmp_path):
+    frame = pd.DataFrame([{"baseline": b, "contrast": c, "arm": a, "norm": n, "setting": f"{a} {n}",
+                           "mean": 1.0, "low": 0.5, "high": 1.5}
+                          for b in ("persam_f", "matcher") for c in ("T - B", "O - B") for a in ("gradient", "random")
+                          for n in (0.03, 3.6)])
+    fig = viz.intervals_vs_norm_figure(frame, marks={"noise": 3.6})
+    assert fig.axes[0].get_xscale() == "log" and len(fig.axes) == 4
+    assert [len(ax.lines) for ax in fig.axes] == [2 + 2] * 4  # one per arm, the zero line and the mark
+    bars = viz.intervals_figure(frame)
+    assert len(bars.axes) == 4 and len(bars.axes[0].patches) == 4
+    assert [t.get_text() for t in bars.axes[0].get_yticklabels()] == ["gradient 0.03", "gradient 3.6", "random 0.03", "random 3.6"]
+    assert bars.axes[0].yaxis_inverted()  # the first setting on top
+    viz.save(bars, "bars", tmp_path)
+    assert (tmp_path / "bars.png").is_file() and (tmp_path / "bars.pdf").is_file()
