@@ -4,9 +4,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import platform
 import sys
+import warnings
 from pathlib import Path
+
+from .errors import InputWarning, UserError
 
 
 def _print_json_last(obj: dict) -> None:
@@ -64,7 +68,7 @@ def cmd_train_tiny(args) -> int:
     torch.set_num_threads(args.threads)
     cfg = TrainConfig(steps=args.steps, scenes=args.scenes, seed=args.seed)
     out_dir = Path(args.out_dir)
-    summary = train(cfg, out_dir, resume=args.resume)
+    summary = train(cfg, out_dir, resume=args.resume, overwrite=args.overwrite)
     evaluation = evaluate_tiny(load_sam("tiny", out_dir / "sam_tiny.pt"), episodes=args.eval_episodes)
     command = "prmagic train-tiny " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["train-tiny"] else "prmagic train-tiny"
     card = write_card(out_dir / "sam_tiny.json", summary, evaluation, command)
@@ -103,7 +107,7 @@ def cmd_evaluate(args) -> int:
     from . import distributed
     from .baselines import make_baseline
     from .data.sources import kind_of
-    from .evaluation import accumulate, episode_ids, evaluate, in_protocol_order, shard_path, summarise
+    from .evaluation import accumulate, episode_ids, evaluate, failure_lines, in_protocol_order, shard_path, summarise
     from .flow import FlowConfig
     from .models.encoding import Encoder
     from .models.loading import load_sam, resolve_device
@@ -163,6 +167,8 @@ def cmd_evaluate(args) -> int:
     code = 0 if summary["episodes"] else 1
     if rank != 0:
         return code
+    for line in failure_lines(rows):
+        print(f"prmagic evaluate: {line}", file=sys.stderr)
     table = sys.stderr if args.json else sys.stdout
     print(f"{'':>10} {'mIoU':>8} {'FB-IoU':>8} {'ep-FB-mIoU':>11}   ({summary['episodes']} episodes, "
           f"{summary['failed_episodes']} failed)", file=table)
@@ -189,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="start over in a folder holding an earlier run")
     p.add_argument("--eval-episodes", type=int, default=200, help="held-out episodes for the card")
     p.set_defaults(func=cmd_train_tiny)
 
@@ -247,13 +254,64 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Checked before any work, so that a bad value is one line naming its argument: dest -> (test, what it must be).
+ARGUMENT_RULES = {
+    "eta": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
+    "gamma": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
+    "clip": (math.isfinite, "a finite number (0 or less turns clipping off)"),
+    "episodes": (lambda v: v >= 1, "at least 1"),
+    "eval_episodes": (lambda v: v >= 1, "at least 1"),
+    "steps": (lambda v: v >= 0, "at least 0"),
+    "scenes": (lambda v: v >= 1, "at least 1"),
+    "threads": (lambda v: v >= 1, "at least 1"),
+    "shots": (lambda v: v >= 1, "at least 1"),
+    "fold": (lambda v: v >= 0, "at least 0"),
+    "seed": (lambda v: v >= 0, "at least 0"),
+    "episode_seed": (lambda v: v >= 0, "at least 0"),
+}
+
+
+def check_arguments(args) -> None:
+    """Raise a UserError naming the first numeric argument that breaks its rule in ARGUMENT_RULES."""
+    for dest, (valid, what) in ARGUMENT_RULES.items():
+        value = getattr(args, dest, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not valid(value):
+            raise UserError(f"--{dest.replace('_', '-')} must be {what}, got {value}")
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _warning_printer(command: str, show_other):
+    """A ``warnings.showwarning`` that prints an InputWarning as one line, and others as before."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, InputWarning):
+            print(f"prmagic {command}: warning: {_one_line(message)}", file=sys.stderr)
+        else:
+            show_other(message, category, filename, lineno, file, line)
+    return show
+
+
 def main(argv=None) -> int:
+    """Run one command. A user's mistake (any ValueError, UserError included, an OSError or a
+    non-finite flow) is one line on stderr and exit code 2; anything else is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as err:
-        print(f"prmagic {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", InputWarning)
+        warnings.showwarning = _warning_printer(args.command, warnings.showwarning)
+        try:
+            check_arguments(args)
+            return args.func(args)
+        except (ValueError, OSError, FloatingPointError) as err:
+            print(f"prmagic {args.command}: error: {_one_line(err)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            # Results and checkpoints are written atomically: a rerun (with --resume for train-tiny) continues.
+            print(f"prmagic {args.command}: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

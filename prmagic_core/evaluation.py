@@ -16,9 +16,11 @@ import json
 import zlib
 from pathlib import Path
 
+from segment_anything.utils.transforms import ResizeLongestSide
 from tqdm.auto import tqdm
 
 from .baselines.base import Baseline
+from .errors import UserError
 from .flow import FlowConfig
 from .metrics import METRIC_NAMES, IoUAccumulator, episode_counts
 from .models.encoding import Encoder
@@ -71,6 +73,45 @@ def _failed_row(episode_id: str, class_name: str, err: Exception) -> dict:
     return {"episode": episode_id, "class": class_name, "status": "failed", "reason": f"{type(err).__name__}: {err}"}
 
 
+def failure_lines(rows, shown: int = 5) -> list:
+    """Why episodes failed: one line per failed episode for the first ``shown``, then a count of the rest."""
+    failed = [row for row in rows if row["status"] != "ok"]
+    lines = [f"episode {row['episode']} failed: {row['reason']}" for row in failed[:shown]]
+    if len(failed) > shown:
+        lines.append(f"... and {len(failed) - shown} more failed episodes (--out keeps every reason)")
+    return lines
+
+
+def _check_in_memory(episodes, ids: list, encoder: Encoder) -> None:
+    """Episodes already in memory (not a lazy benchmark) are checked before any work: each has
+    ground truth to score against, and images that survive SAM's resize to the encoder's input."""
+    if hasattr(episodes, "episode_ids"):
+        return
+    chosen = episodes[:len(ids)]
+    unscored = [episode.name for episode in chosen if episode.query_mask is None]
+    if unscored:
+        raise UserError(f"episode {unscored[0]} has no query mask to score against ({len(unscored)} of {len(ids)} "
+                        "episodes lack one; a folder episode needs query_mask.png)")
+    side = encoder.sam.image_encoder.img_size
+    for episode in chosen:
+        for image in (*episode.support_images, episode.query_image):
+            height, width = image.shape[:2]
+            if min(ResizeLongestSide.get_preprocess_shape(height, width, side)) < 1:
+                raise UserError(f"episode {episode.name}: a {width}x{height} image is too thin for the "
+                                f"{side}-pixel encoder input (its short side resizes to 0 pixels)")
+
+
+def check_row(row: dict) -> None:
+    """Raise ValueError on a stored row that :func:`accumulate` could not use (a resumed run computes it again)."""
+    if row["status"] == "ok":
+        for variant in VARIANTS:
+            counts = json.loads(row[f"counts_{variant}"])
+            if not (isinstance(counts, list) and len(counts) == 4 and all(isinstance(c, int) for c in counts)):
+                raise ValueError(f"counts_{variant} is not four integers")
+    elif row["status"] != "failed":
+        raise ValueError(f"unknown status {row['status']!r}")
+
+
 def accumulate(rows) -> dict:
     """B / T / O accumulators rebuilt from result rows."""
     accs = {v: IoUAccumulator() for v in VARIANTS}
@@ -113,7 +154,8 @@ def evaluate(baseline: Baseline, encoder: Encoder, episodes, steps: int = 5, flo
     rank, world = shard
     if not 0 <= rank < world:
         raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
-    table = ResultsFile(out, settings) if out is not None else None
+    _check_in_memory(episodes, ids, encoder)
+    table = ResultsFile(out, settings, check_row=check_row) if out is not None else None
     rows = []
     todo = [i for i in range(rank, len(ids), world) if not (table and table.done(ids[i]))]
     for index in tqdm(todo, disable=not progress, desc=f"{baseline.name} T={steps}"):

@@ -1,4 +1,6 @@
+import ast
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -230,3 +232,21 @@ def test_interval_summary_clusters_by_episode():
     row = an.interval_summary(frame, ["arm"], ["x"]).iloc[0]
     assert row.measure == "x" and row["mean"] == 4.0 and row.n == 4 and row.episodes == 2
     assert row.low == 2.0 and row.high == 6.0  # two clusters: resamples average (e0, e0), (e0, e1) or (e1, e1)
+
+
+def test_analysis_needs_nothing_from_the_sweep():
+    """analysis is pure table -> numbers: it imports nothing of experiments, not even for type hints."""
+    tree = ast.parse(Path(an.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not {m for m in imported if m and m.split(".")[-1] == "experiments"}, imported
+
+
+def test_sweep_keeps_only_its_grid_and_episodes(table):
+    from prmagic_core.experiments import Sweep
+
+    more = pd.concat([table, an.to_frame(trajectory([0.3] * 3, [0.1] * 3, episode="e0", eta=1e-2)),
+                      an.to_frame(trajectory([0.3] * 3, [0.1] * 3, episode="e0", seed=1))])
+    kept = Sweep(baselines=("b",), etas=(1e-3,), seeds=(0,)).rows_of(more.sample(frac=1, random_state=0), ["e0", "e2"])
+    assert list(kept.episode.unique()) == ["e0", "e2"] and set(kept.eta) == {1e-3} and set(kept.seed) == {0}
+    assert kept.step.tolist() == [0, 1, 2, 0, 1, 2]  # sorted by the table key

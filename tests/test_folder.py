@@ -6,6 +6,7 @@ from PIL import Image
 
 from prmagic_core.data import shapeworld
 from prmagic_core.data.folder import load_episode, load_episodes, save_episode
+from prmagic_core.errors import InputError
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data_samples" / "shapeworld"
 
@@ -156,7 +157,7 @@ def test_a_gap_in_the_shot_numbers_names_the_missing_image(tmp_path):
         write(folder, f"support_{number}.png", Image.fromarray(RGB))
         write(folder, f"support_{number}_mask.png", mask_image())
     write(folder, "query.png", Image.fromarray(RGB))
-    with pytest.raises(FileNotFoundError, match="support_2"):
+    with pytest.raises(InputError, match="support_2"):
         load_episode(folder)
 
 
@@ -188,7 +189,7 @@ def test_query_mask_size_mismatch_is_an_error(tmp_path):
 def test_missing_file_names_the_expected_path(tmp_path, missing, expected):
     folder = minimal_episode(tmp_path / "ep")
     (folder / missing).unlink()
-    with pytest.raises(FileNotFoundError) as error:
+    with pytest.raises(InputError) as error:
         load_episode(folder)
     assert str(folder / expected) in str(error.value)
 
