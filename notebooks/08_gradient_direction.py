@@ -29,7 +29,7 @@
 # the same episodes. Intervals are 95%, by a bootstrap over episodes (all seeds of an episode
 # resampled together).
 #
-# **Runtime.** CPU, `backend="tiny"` (2 cores shared with another job): smoke ~60 s (estimated), 16 episodes x 2 seeds ~40 min (estimated). GPU, `backend="sam"`: not measured (no GPU was available); the cost is vit_b encoder passes, about 2 (T + 1) + 2 per trajectory. Rows already in `cache_dir` are read, not recomputed.
+# **Runtime.** CPU, `backend="tiny"`, 2 cores shared with ~8 other jobs (load 12-18): smoke 590 s measured (notebook 05 took 244 s in the same run against 21 s measured alone, so about 50 s alone); PerSAM-F alone, 8 episodes x 2 seeds, 4 norms x 4 directions, 3 adaptive steps, 4 etas x 2: 638 s measured. The full profile's 24 episodes x 3 seeds x 2 baselines is hours on such a CPU: pass `-p n_episodes`, `-p seeds`. GPU, `backend="sam"`: not measured (no GPU was available); the cost is vit_b encoder passes, about 2 (T + 1) + 2 per trajectory. Rows already in `cache_dir` are read, not recomputed.
 
 # %% tags=["parameters"]
 backend = "tiny"  # "tiny": SAM-Tiny on ShapeWorld; "sam": an official checkpoint on real data
@@ -207,7 +207,8 @@ best_fixed, versus_best = {}, {}
 for b in available:
     fixed_rows = compared[(compared.baseline == b) & compared.setting.str.startswith("eta ")]
     for variant, contrast in (("T", "T - B"), ("O", "O - B")):
-        best = fixed_rows[fixed_rows.contrast == contrast].sort_values("mean").iloc[-1].setting
+        candidates = fixed_rows[fixed_rows.contrast == contrast]
+        best = candidates.loc[candidates["mean"].idxmax()].setting  # ties: notebook 02's (with noise) first
         best_fixed[f"{b}/{variant}"] = best
         e, kind = float(best.split()[1]), ("fixed" if best.endswith("noise") else "fixed drift only")
         reference = tables[kind][tables[kind].eta == e]
