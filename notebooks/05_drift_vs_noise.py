@@ -45,6 +45,7 @@ baselines = ["persam_f", "matcher"]  # the paper's two; "persam" works too
 eta = None  # None: 1e-3 for objects, 1e-4 for parts
 gamma = 0.1
 selector = "masked-image"
+preset = "release"  # prmagic_core.presets: the baselines' settings; the four flows use fixed draws whatever it says
 
 # %%
 NOTEBOOK = "05_drift_vs_noise"
@@ -69,12 +70,12 @@ settings = dict(backend=backend, checkpoint=checkpoint, model_type=setup.sam_typ
 if skipped:
     display(Markdown(f"Not available in this installation, so left out: {', '.join(skipped)}."))
 eta = ex.DEFAULT_ETA[lab.kind] if eta is None else eta
-settings.update(eta=eta, gamma=gamma, selector=selector, image_size=lab.image_size, preset="none (today's defaults)")
+settings.update(eta=eta, gamma=gamma, selector=selector, image_size=lab.image_size, preset=preset)
 flows, resampled = lab.sweeps([
     ex.Sweep(baselines=available, etas=[eta], gammas=[0.0, gamma], drifts=[True, False], seeds=seeds,
-             episodes=n_episodes, steps=steps),
+             episodes=n_episodes, steps=steps, resampling="fixed", preset=preset),
     ex.Sweep(baselines=available, etas=[0.0], gammas=[0.0], seeds=seeds, episodes=n_episodes, steps=steps,
-             resampling="fresh")])
+             resampling="fresh", preset=preset)])
 parts = {"fixed": flows, "fresh": resampled}  # the regime names need to know the resampling
 table = pd.concat([t.assign(regime=an.regimes(t, r)) for r, t in parts.items()], ignore_index=True)
 order = ["both", "drift only", "noise only", "resampling only", "neither"]

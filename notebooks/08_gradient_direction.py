@@ -56,7 +56,7 @@ norms_past = [4.0, 16.0]  # multiples of the noise's norm
 top_fraction = 0.01  # the similarity map's top region: this share of its pixels
 policies = ["relative", "backtrack", "grow"]  # adaptive steps: FlowConfig.step names
 policy_sizes = [0.02, 0.1, 10.0]  # relative, backtrack: fractions of ||z0||; grow: eta's factor
-preset = None  # no presets in this build yet: today's defaults (every figure says so)
+preset = "release"  # prmagic_core.presets: the baselines' settings (the direction test and the adaptive steps use fixed draws)
 
 # %%
 NOTEBOOK = "08_gradient_direction"
@@ -68,6 +68,7 @@ from IPython.display import Markdown, display
 from prmagic_core import analysis as an, experiments as ex, viz
 from prmagic_core.baselines import BASELINES
 from prmagic_core.figures import notebook_dirs
+from prmagic_core.presets import get_preset
 
 out_dir, cache_dir = notebook_dirs(out_dir, cache_dir)  # absolute, whatever the working directory
 viz.use_style()
@@ -86,18 +87,19 @@ eta = ex.DEFAULT_ETA[lab.kind] if eta is None else eta
 policies = dict(zip(policies, policy_sizes))
 norms = an.step_norm_grid(eta, gamma, clip, lab.embedding_size, norms_between, norms_past)
 settings.update(eta=eta, gamma=gamma, clip=clip, selector=selector, arms=arms, norms=norms, policies=policies,
-                top_fraction=top_fraction, image_size=lab.image_size, resampling="fixed", grad_at="z0",
-                preset=preset or "none (today's defaults)")
+                top_fraction=top_fraction, image_size=lab.image_size, resampling="fixed", grad_at="z0", preset=preset)
 base = ex.Sweep(baselines=available, etas=[eta], seeds=seeds, episodes=n_episodes, steps=steps, clip=clip,
-                selectors=[selector])
+                selectors=[selector], resampling="fixed", preset=preset)
 cells = {(arm, label): base.along(arm, norm) for arm in arms for label, norm in norms.items()}
 adaptive = {name: replace(base, gammas=[0.0], step=name, step_size=size) for name, size in policies.items()}
-fixed = ex.Sweep(baselines=available, etas=etas, seeds=seeds, episodes=n_episodes, steps=steps)  # notebook 02's
+fixed = ex.Sweep(baselines=available, etas=etas, seeds=seeds, episodes=n_episodes, steps=steps,
+                 preset=preset)  # notebook 02's (with the preset's resampling)
 fixed_drift = replace(fixed, gammas=[0.0])
 grid = [*cells.values(), *adaptive.values(), fixed, fixed_drift]
 tables = dict(zip([*cells, *adaptive, "fixed", "fixed drift only"], lab.sweeps(grid)))
 caption = (f"{an.counts_note(tables['fixed'])}; {backend} backend, {dataset} ({lab.kind}), "
-           f"{lab.image_size} px, preset: {settings['preset']}; T = {steps}, eta = {eta:g}, resampling fixed")
+           f"{lab.image_size} px, preset: {preset}; T = {steps}, eta = {eta:g}; fixed prompt draws, except notebook "
+           f"02's etas, which use the preset's ({get_preset(preset).resampling})")
 display(Markdown(f"Step norms: " + ", ".join(f"{k} = {v:.4g}" for k, v in norms.items())
                  + f" (n = {lab.embedding_size} embedding elements). {caption}."))
 
@@ -147,7 +149,8 @@ display(Markdown("\n".join(lines)))
 # new prompts: what the method can get).
 
 # %%
-pushes = pd.concat([lab.pushes(b, n_episodes, list(norms.values()), seeds, arms, top_fraction=top_fraction)
+pushes = pd.concat([lab.pushes(b, n_episodes, list(norms.values()), seeds, arms, top_fraction=top_fraction,
+                              preset=preset)
                     for b in available], ignore_index=True).assign(iou_next=lambda f: 100 * f.iou_next)
 measures = {"top_iou": "top-region IoU after vs before", "d_phi_same_prompts": "d_phi change, same prompts",
             "prompts_moved": "share of steps that move the prompts", "d_phi_next": "next candidate's d_phi change",
@@ -189,7 +192,7 @@ display(Markdown("\n".join(lines) or "No step moved the prompts."))
 # `relative`: every drift of norm (step_size x ||z0||); `backtrack`: from (step_size x ||z0||), halve
 # until the step moves the prompts to a candidate of higher d_phi; `grow`: the paper's drift with
 # eta x step_size after each step that leaves the prompts in place, stopping at the first move
-# that does not raise d_phi. All drift only (gamma = 0). Beside them: notebook 02's fixed etas
+# that does not raise d_phi. All drift only (gamma = 0), fixed draws. Beside them: notebook 02's fixed etas
 # (with noise, gamma = 0.1) and the same etas drift only.
 
 # %%

@@ -30,14 +30,53 @@ METRICS = {  # what each number of :func:`metrics` means; headline records carry
 METRIC_LABELS = {"miou": "class-wise mIoU %", "mean_iou": "mean per-episode IoU %",
                  "episode_fb_miou": "per-episode FB mIoU %", "fb_iou": "FB-IoU %"}  # axis labels
 
-# The paper's numbers (SPEC section 6): 1-shot class-wise mIoU %, (B, T, O).
+class Reported(tuple):
+    """Published (B, T, O) numbers in %, labelled: where they come from (``source``), which metric
+    they are (``metric``, a key of :data:`METRICS`), the preset that reproduces the code behind
+    them (``preset``) and a ``note``. Unpacks as the 3-tuple (B, T, O)."""
+
+    def __new__(cls, bto, source: str, metric: str, preset: str, note: str = ""):
+        if len(bto) != 3 or metric not in METRICS:
+            raise ValueError(f"a reported number is (B, T, O) of a known metric, got {bto!r}, {metric!r}")
+        self = super().__new__(cls, tuple(float(v) for v in bto))
+        self.source, self.metric, self.preset, self.note = source, metric, preset, note
+        return self
+
+
+# Both release scripts score each episode as mean(IoU_bg, IoU_fg) and average over episodes
+# (SPEC section 8, item 12), whatever the tables call it.
+PAPER_SOURCE = "PR-MaGIC paper (CVPR 2026) Tab. 1, 1-shot; first release e6e0705, seeds 42-46"
+CORRECTION_SOURCE = ("authors' correction notice (release README, as copied in endeavor1233/Guarded-PR-MaGIC), "
+                     "single seed")
+_V1_NOTE = "PerSAM-F rows carry the first release's (row, col) extra points (preset release-v1)"
+
+
+def _paper(values: dict, preset: str, note: str = "") -> dict:
+    return {key: Reported(bto, PAPER_SOURCE, "episode_fb_miou", preset, note) for key, bto in values.items()}
+
+
+# The paper's tables (SPEC section 6): (baseline, benchmark) -> Reported (B, T, O).
 PAPER_BTO = {
-    ("persam_f", "fss"): (58.41, 67.19, 72.45), ("persam_f", "coco"): (44.64, 46.83, 51.74),
-    ("persam_f", "lvis"): (42.37, 44.48, 47.29), ("persam_f", "paco"): (39.60, 40.72, 43.39),
-    ("persam_f", "pascal_part"): (42.72, 43.87, 46.43), ("persam_f", "dis5k"): (46.82, 49.99, 53.46),
-    ("matcher", "fss"): (92.08, 92.06, 93.55), ("matcher", "coco"): (69.53, 71.23, 76.14),
-    ("matcher", "lvis"): (59.39, 61.52, 64.75), ("matcher", "paco"): (50.27, 54.08, 56.71),
-    ("matcher", "pascal_part"): (54.76, 58.28, 61.13), ("matcher", "dis5k"): (46.65, 55.08, 58.10),
+    **_paper({("persam_f", "fss"): (58.41, 67.19, 72.45), ("persam_f", "coco"): (44.64, 46.83, 51.74),
+              ("persam_f", "lvis"): (42.37, 44.48, 47.29), ("persam_f", "paco"): (39.60, 40.72, 43.39),
+              ("persam_f", "pascal_part"): (42.72, 43.87, 46.43), ("persam_f", "dis5k"): (46.82, 49.99, 53.46)},
+             "release-v1", _V1_NOTE),
+    **_paper({("matcher", "fss"): (92.08, 92.06, 93.55), ("matcher", "coco"): (69.53, 71.23, 76.14),
+              ("matcher", "lvis"): (59.39, 61.52, 64.75), ("matcher", "paco"): (50.27, 54.08, 56.71),
+              ("matcher", "pascal_part"): (54.76, 58.28, 61.13), ("matcher", "dis5k"): (46.65, 55.08, 58.10)},
+             "release"),
+}
+# The authors' corrected PerSAM-F numbers (SPEC section 8): (baseline, benchmark, prompts) -> Reported,
+# prompts "bands" (top-1 + band points, the corrected sampler) or "top1" (the top-1 point alone).
+PAPER_BTO_CORRECTED = {
+    ("persam_f", "fss", "bands"): Reported((85.77, 87.42, 91.89), CORRECTION_SOURCE, "episode_fb_miou", "corrected",
+                                           "FSS-1000 fold 0"),
+    ("persam_f", "fss", "top1"): Reported((85.10, 85.87, 87.53), CORRECTION_SOURCE, "episode_fb_miou", "corrected",
+                                          "FSS-1000 fold 0, top-1 point only"),
+    ("persam_f", "pascal_part", "bands"): Reported((49.46, 52.38, 58.13), CORRECTION_SOURCE, "episode_fb_miou",
+                                                   "corrected", "Pascal-Part, mean of folds 0-3"),
+    ("persam_f", "pascal_part", "top1"): Reported((51.12, 51.52, 52.61), CORRECTION_SOURCE, "episode_fb_miou",
+                                                  "corrected", "Pascal-Part, mean of folds 0-3, top-1 point only"),
 }
 PAPER_OPTIMAL_STEP = {"mean": 3.0, "std": 1.8}  # Tab. 2: mean ~3, std ~1.7-1.8
 

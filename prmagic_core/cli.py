@@ -1,4 +1,4 @@
-"""The ``prmagic`` command: info, train-tiny, evaluate-tiny, evaluate."""
+"""The ``prmagic`` command. ``prmagic COMMAND --help`` describes each command and its flags."""
 from __future__ import annotations
 
 import argparse
@@ -52,9 +52,30 @@ def cmd_info(args) -> int:
     if args.json:
         _print_json_last(info)
     else:
+        card = info.pop("tiny_card", None)
         for key, value in info.items():
+            if isinstance(value, dict):
+                value = "; ".join(f"{k}: {v}" for k, v in value.items())
             print(f"{key:>22}: {value}")
+        if card is not None:
+            print(card_lines(card))
     return 0
+
+
+def card_lines(card: dict) -> str:
+    """SAM-Tiny's weights card in a few readable lines (``--json`` keeps the whole card)."""
+    evaluation, arch = card.get("evaluation", {}), card.get("architecture", {})
+    quality = ", ".join(f"{k} {evaluation[k]:.3f}" for k in ("point_miou", "part_point_miou", "box_miou") if k in evaluation)
+    return "\n".join([
+        f"{'tiny weights card':>22}: {card.get('command', '?')} (seed {card.get('seed', '?')}, "
+        f"{card.get('steps', '?')} steps, {card.get('wall_seconds', 0) / 60:.0f} min wall time, final loss "
+        f"{card.get('final_loss', float('nan')):.3f})",
+        f"{'':>22}  {arch.get('img_size', '?')} px input, patch {arch.get('patch_size', '?')}, "
+        f"encoder {arch.get('encoder_dim', '?')}-d x {arch.get('encoder_depth', '?')} blocks, "
+        f"decoder {arch.get('embed_dim', '?')}-d x {arch.get('decoder_depth', '?')} blocks",
+        f"{'':>22}  quality on {evaluation.get('episodes', '?')} held-out ShapeWorld episodes "
+        f"({evaluation.get('metric', '')}): {quality}",
+    ])
 
 
 def cmd_train_tiny(args) -> int:
@@ -103,14 +124,27 @@ def _load_episodes(args, size: int):
     return load_source(args.dataset, args.data_root, fold=args.fold, shots=args.shots, seed=args.seed)
 
 
+TINY_ONLY_SHAPEWORLD = ("prmagic evaluate: warning: SAM-Tiny (--backend tiny) was trained on ShapeWorld only, so its masks "
+                        "of other images mean little; pass an official checkpoint: --backend sam --model-type vit_h "
+                        "--checkpoint /path/to/sam_vit_h_4b8939.pth")
+
+
+def looks_like_shapeworld(args, episodes) -> bool:
+    """Generated ShapeWorld, or folder episodes of ShapeWorld's 128-px square images (data_samples/shapeworld)."""
+    if args.data is None:
+        return args.dataset == "shapeworld"
+    return all(episode.query_image.shape[:2] == (128, 128) for episode in episodes)
+
+
 def cmd_evaluate(args) -> int:
     from . import distributed
-    from .baselines import make_baseline
+    from .baselines import make_baseline, task_kind
     from .data.sources import kind_of
-    from .evaluation import accumulate, episode_ids, evaluate, failure_lines, in_protocol_order, shard_path, summarise
+    from .evaluation import accumulate, bto_table, episode_ids, evaluate, failure_lines, in_protocol_order, shard_path, summarise
     from .flow import FlowConfig
     from .models.encoding import Encoder
     from .models.loading import load_sam, resolve_device
+    from .presets import get_preset, parse_assignments
     from .results import ResultsFile
 
     model_type = "tiny" if args.backend == "tiny" else args.model_type
@@ -118,24 +152,28 @@ def cmd_evaluate(args) -> int:
         raise ValueError("--backend sam needs --checkpoint PATH to an official SAM checkpoint")
     if args.persam_f_iters < 1:
         raise ValueError(f"--persam-f-iters must be at least 1, got {args.persam_f_iters}")
+    overrides = {"resampling": args.resampling, "point_order": "row_col" if args.released_point_order else None,
+                 **parse_assignments(args.set)}
+    preset = get_preset(args.preset).override(**overrides)
     rank, world, device = distributed.setup(resolve_device(args.device))
     try:
         sam = load_sam(model_type, args.checkpoint, device=str(device))
         # --episode-seed samples the episodes; --seed drives PR-MaGIC's noise only
         episodes = _load_episodes(argparse.Namespace(**{**vars(args), "seed": args.episode_seed}),
                                   sam.image_encoder.img_size)
-        kind = kind_of(episodes, args.kind)
+        benchmark = None if args.data else args.dataset
+        kind = task_kind(kind_of(episodes, args.kind), benchmark, preset)
+        if args.backend == "tiny" and not looks_like_shapeworld(args, episodes):
+            print(TINY_ONLY_SHAPEWORLD, file=sys.stderr)
         eta = args.eta if args.eta is not None else (1e-3 if kind == "object" else 1e-4)
         flow = FlowConfig(eta=eta, gamma=args.gamma, clip=None if args.clip <= 0 else args.clip,
                           reduction=args.reduction, grad_at=args.grad_at, divergence=args.divergence)
-        from .baselines.matcher import BENCHMARK_PRESETS
-
-        baseline = make_baseline(args.baseline, kind=kind, released_point_order=args.released_point_order,
-                                 train_iters=args.persam_f_iters, variant=args.matcher_variant,
-                                 dinov2_checkpoint=args.dinov2_checkpoint, preset=BENCHMARK_PRESETS.get(args.dataset))
+        baseline = make_baseline(args.baseline, kind=kind, train_iters=args.persam_f_iters,
+                                 variant=args.matcher_variant, dinov2_checkpoint=args.dinov2_checkpoint,
+                                 settings=preset, benchmark=benchmark)
         baseline_settings = {}
         if args.baseline == "persam_f":
-            baseline_settings = {"persam_f_iters": args.persam_f_iters}
+            baseline_settings = {"persam_f_iters": args.persam_f_iters, "persam_f_points": baseline.points}
         elif args.baseline == "matcher":
             baseline_settings = {"matcher_variant": args.matcher_variant, "matcher_preset": baseline.preset.name,
                                  "dinov2_checkpoint": str(args.dinov2_checkpoint or "")}
@@ -145,17 +183,17 @@ def cmd_evaluate(args) -> int:
             checkpoint=str(args.checkpoint) if args.checkpoint else "shipped tiny weights",
             dataset="folder" if args.data else args.dataset, data=str(args.data or args.data_root or ""),
             kind=kind, fold=args.fold, shots=args.shots, episodes=limit, episode_seed=args.episode_seed,
-            steps=args.steps, selector=args.selector, seed=args.seed, resampling=args.resampling,
-            released_point_order=args.released_point_order, **baseline_settings, **flow.as_dict(),
+            steps=args.steps, selector=args.selector, seed=args.seed, preset=preset.name,
+            preset_settings=preset.as_dict(), **baseline_settings, **flow.as_dict(),
         )
         # Under torchrun each rank resumes from its own shard file; rank 0 also keeps the merged
         # table at --out, whose settings are checked before any work.
         sharded_out = args.out is not None and world > 1
         merged = ResultsFile(args.out, settings) if sharded_out and rank == 0 else None
         rows = evaluate(baseline, Encoder(sam), episodes, steps=args.steps, flow=flow, selector=args.selector,
-                        seed=args.seed, resampling=args.resampling, settings=settings, limit=limit,
+                        seed=args.seed, preset=preset, settings=settings, limit=limit,
                         out=shard_path(args.out, rank, world) if sharded_out else args.out,
-                        shard=(rank, world), progress=not args.json and rank == 0)
+                        shard=(rank, world), progress=not args.json and rank == 0, save_masks=args.save_masks)
         if world > 1:
             rows = in_protocol_order(distributed.gather_rows(rows), episode_ids(episodes, limit))
         if merged is not None:
@@ -164,81 +202,112 @@ def cmd_evaluate(args) -> int:
         distributed.teardown()
     summary = summarise(accumulate(rows), settings)
     summary["device"] = str(device)
+    summary["preset"] = preset.name
     code = 0 if summary["episodes"] else 1
     if rank != 0:
         return code
     for line in failure_lines(rows):
         print(f"prmagic evaluate: {line}", file=sys.stderr)
-    table = sys.stderr if args.json else sys.stdout
-    print(f"{'':>10} {'mIoU':>8} {'FB-IoU':>8} {'ep-FB-mIoU':>11}   ({summary['episodes']} episodes, "
-          f"{summary['failed_episodes']} failed)", file=table)
-    for v, label in (("baseline", "B"), ("top1", "T"), ("oracle", "O")):
-        print(f"{label + ' ' + v:>10} {summary[v + '_miou']:8.2f} {summary[v + '_fb_iou']:8.2f} "
-              f"{summary[v + '_episode_fb_miou']:11.2f}", file=table)
+    print(bto_table(summary), file=sys.stderr if args.json else sys.stdout)
     if args.json:
         _print_json_last(summary)
     return code
 
 
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default after its help, except where there is none to show (None, off, empty)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, [], argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """prmagic's parser; its subcommands' parsers are of the same class, so every help shows defaults."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prmagic", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="prmagic", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("info", help="versions, device, weights, which backends can run")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON line instead of readable lines")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("train-tiny", help="train SAM-Tiny on ShapeWorld (checkpoints, --resume)")
-    p.add_argument("--out-dir", default="runs/train-tiny")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--scenes", type=int, default=4000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--out-dir", default="runs/train-tiny", help="checkpoints, weights and their card")
+    p.add_argument("--steps", type=int, default=3000, help="optimiser steps")
+    p.add_argument("--scenes", type=int, default=4000, help="pre-drawn ShapeWorld training scenes")
+    p.add_argument("--seed", type=int, default=0, help="scenes, initialisation and batches")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out-dir")
     p.add_argument("--overwrite", action="store_true", help="start over in a folder holding an earlier run")
     p.add_argument("--eval-episodes", type=int, default=200, help="held-out episodes for the card")
     p.set_defaults(func=cmd_train_tiny)
 
     p = sub.add_parser("evaluate-tiny", help="SAM-Tiny's point/box quality on held-out ShapeWorld")
     p.add_argument("--checkpoint", default=None, help="default: the shipped weights")
-    p.add_argument("--episodes", type=int, default=200)
-    p.add_argument("--seed", type=int, default=1000)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--episodes", type=int, default=200, help="held-out episodes of each kind")
+    p.add_argument("--seed", type=int, default=1000, help="evaluation seed (never shared with training scenes)")
+    p.add_argument("--json", action="store_true", help="last line: a JSON object with the numbers")
     p.set_defaults(func=cmd_evaluate_tiny)
 
     p = sub.add_parser("evaluate", help="B / T / O of a baseline with PR-MaGIC over episodes")
-    p.add_argument("--baseline", default="persam_f", choices=["persam", "persam_f", "matcher"])
+    p.add_argument("--baseline", default="persam_f", choices=["persam", "persam_f", "matcher"],
+                   help="the few-shot segmenter PR-MaGIC wraps")
     p.add_argument("--matcher-variant", default="released", choices=["released", "transport"],
                    help="how the SAM-space step reaches Matcher's matching features")
     p.add_argument("--dinov2-checkpoint", default=None,
                    help="Matcher on the sam backend: a local DINOv2 ViT-L/14 checkpoint (pip install '.[matcher-sam]')")
-    p.add_argument("--backend", default="tiny", choices=["tiny", "sam"])
+    p.add_argument("--backend", default="tiny", choices=["tiny", "sam"],
+                   help="tiny: the shipped SAM-Tiny (knows only ShapeWorld); sam: an official checkpoint")
     p.add_argument("--checkpoint", default=None, help="official SAM checkpoint (sam backend)")
-    p.add_argument("--model-type", default="vit_b", choices=["vit_b", "vit_l", "vit_h"])
+    p.add_argument("--model-type", default="vit_b", choices=["vit_b", "vit_l", "vit_h"],
+                   help="which official SAM --checkpoint is")
     p.add_argument("--dataset", default="shapeworld",
-                   choices=["shapeworld", "folder", "fss", "coco", "lvis", "paco", "pascal_part", "dis5k"])
-    p.add_argument("--data", default=None, help="a folder of episodes (folder format)")
+                   choices=["shapeworld", "folder", "fss", "coco", "lvis", "paco", "pascal_part", "dis5k"],
+                   help="episodes: generated ShapeWorld, a folder (--data) or a benchmark (--data-root)")
+    p.add_argument("--data", default=None,
+                   help="the folder that holds episode folders (<DIR>/<episode>/support.jpg, support_mask.png, query.jpg)")
     p.add_argument("--data-root", default=None, help="root of a benchmark's standard layout")
-    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--fold", type=int, default=0, help="benchmark fold")
     p.add_argument("--kind", default="object", choices=["object", "part"], help="ShapeWorld episodes")
-    p.add_argument("--shots", type=int, default=1)
+    p.add_argument("--shots", type=int, default=1, help="support images per episode")
     p.add_argument("--episodes", type=int, default=None, help="ShapeWorld: how many (default 100); others: at most")
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--eta", type=float, default=None, help="default 1e-3 (objects) / 1e-4 (parts)")
-    p.add_argument("--gamma", type=float, default=0.1)
-    p.add_argument("--clip", type=float, default=0.1, help="0 turns clipping off")
-    p.add_argument("--reduction", default="sum", choices=["sum", "mean", "foreground"])
-    p.add_argument("--grad-at", default="z0", choices=["z0", "zt"])
-    p.add_argument("--divergence", default="kl", choices=["kl", "logd", "js"])
-    p.add_argument("--selector", default="masked-image", choices=["masked-image", "crop-pool", "pooled"])
-    p.add_argument("--resampling", default="fixed", choices=["fixed", "fresh"])
-    p.add_argument("--released-point-order", action="store_true", help="PerSAM-F: the release's (row, col) quirk")
+    p.add_argument("--steps", type=int, default=5, help="refinement steps T (T + 1 candidates)")
+    p.add_argument("--eta", type=float, default=None,
+                   help="default 1e-3 (objects) / 1e-4 (parts, and the benchmarks the preset runs as parts)")
+    p.add_argument("--gamma", type=float, default=0.1, help="noise scale: std sqrt(2 eta gamma) per step")
+    p.add_argument("--clip", type=float, default=0.1, help="clip of the gradient's elements; 0 turns clipping off")
+    p.add_argument("--reduction", default="sum", choices=["sum", "mean", "foreground"],
+                   help="d_phi from the decoder's logits: sum (released), mean, or foreground pixels only")
+    p.add_argument("--grad-at", default="z0", choices=["z0", "zt"],
+                   help="gradient at the original embedding (released) or the moved one (the paper's equation)")
+    p.add_argument("--divergence", default="kl", choices=["kl", "logd", "js"], help="f-divergence: sets the drift weight")
+    p.add_argument("--selector", default="masked-image", choices=["masked-image", "crop-pool", "pooled"],
+                   help="top-1 selector: released, as the paper describes, or without an extra encoder pass")
+    p.add_argument("--preset", default="release", choices=["release", "release-v1", "corrected", "principled"],
+                   help="which behaviour every component has (README: presets); flags below override it")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override one preset setting, e.g. --set cascade_box=each --set alpha_s=0.25 (repeatable)")
+    p.add_argument("--resampling", default=None, choices=["fixed", "fresh"],
+                   help="fixed: the same random prompt choices every step; fresh: new ones (as released); "
+                        "default: the preset's")
+    p.add_argument("--released-point-order", action="store_true",
+                   help="PerSAM-F: the first release's (row, col) extra points (= --set point_order=row_col)")
     p.add_argument("--persam-f-iters", type=int, default=1000, help="PerSAM-F's fine-tuning iterations")
     p.add_argument("--seed", type=int, default=0, help="PR-MaGIC's noise (the release averages 42..46)")
     p.add_argument("--episode-seed", type=int, default=0, help="episode sampling (benchmarks, ShapeWorld)")
     p.add_argument("--device", default="auto", help="under torchrun: cuda:LOCAL_RANK or cpu per rank")
     p.add_argument("--out", default=None,
                    help="results CSV, written per episode, resumable; under torchrun also one file per rank beside it")
+    p.add_argument("--save-masks", default=None, metavar="DIR",
+                   help="draw B, T, O and every candidate on each query image: DIR/<episode>/{B,T,O,candidate_<t>}.png")
     p.add_argument("--json", action="store_true", help="last line: a JSON object with the results and settings")
     p.set_defaults(func=cmd_evaluate)
 

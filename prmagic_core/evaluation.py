@@ -24,7 +24,9 @@ from .errors import UserError
 from .flow import FlowConfig
 from .metrics import METRIC_NAMES, IoUAccumulator, episode_counts
 from .models.encoding import Encoder
+from .overlays import save_overlays
 from .pipeline import run_episode
+from .presets import Preset
 from .results import ResultsFile
 
 VARIANTS = ("baseline", "top1", "oracle")
@@ -138,12 +140,37 @@ def summarise(accs: dict, settings: dict) -> dict:
     return out
 
 
+def bto_table(summary: dict) -> str:
+    """The B / T / O table ``prmagic evaluate`` prints: rows are which mask, columns which metric, all in %."""
+    settings = summary.get("settings", {})
+    n, steps = summary["episodes"], settings.get("steps", "?")
+    rows = (("baseline", "B", "baseline: its own mask (step 0)"),
+            ("top1", "T", f"top-1: the {settings.get('selector', '')} selector's pick"),
+            ("oracle", "O", "oracle: the candidate of highest IoU"))
+    lines = [f"{n} episode{'' if n == 1 else 's'} ({summary['failed_episodes']} failed), "
+             f"{settings.get('baseline', '')} with PR-MaGIC, steps={steps}, preset {settings.get('preset', '?')}; rows: which mask, columns: which metric, in %",
+             f"{'':<42}{'mIoU %':>8}{'FB-IoU %':>10}{'ep-FB-mIoU %':>14}"]
+    for key, label, what in rows:
+        lines.append(f"{label} {what:<40}{summary[key + '_miou']:8.2f}{summary[key + '_fb_iou']:10.2f}"
+                     f"{summary[key + '_episode_fb_miou']:14.2f}")
+    lines.append("mIoU: class-wise (per class, summed intersection / summed union, then the mean over classes); "
+                 "FB-IoU: mean of foreground and background IoU; ep-FB-mIoU: each episode's mean of foreground and "
+                 "background IoU, averaged over episodes (the release's PerSAM script)")
+    return "\n".join(lines)
+
+
 def evaluate(baseline: Baseline, encoder: Encoder, episodes, steps: int = 5, flow: FlowConfig = FlowConfig(),
-             selector: str = "masked-image", seed: int = 0, resampling: str = "fixed", out=None,
+             selector: str = "masked-image", seed: int = 0, resampling: str | None = None, out=None,
              settings: dict | None = None, shard: tuple = (0, 1), limit: int | None = None,
-             progress: bool = True) -> list:
+             progress: bool = True, save_masks=None, preset: Preset | str | None = None) -> list:
     """Run this ``shard`` = (rank, world)'s share of the first ``limit`` episodes, skipping those already
     in ``out``; returns the shard's rows, the ones found in ``out`` included.
+
+    ``preset`` (default ``release``) sets the loop's and the selector's behaviour (``resampling``
+    overrides its resampling); ``settings`` is what the results file records (name the preset there).
+    ``save_masks``: a folder; each episode run gets ``<save_masks>/<episode>/`` with its B, T, O and
+    every candidate drawn on the query image (:func:`prmagic_core.overlays.save_overlays`), also an
+    episode without a query mask, which is then recorded as failed (it cannot be scored).
 
     ``episodes`` is a sequence of :class:`Episode`, or any lazy sequence with ``episode_ids``.
     """
@@ -158,15 +185,20 @@ def evaluate(baseline: Baseline, encoder: Encoder, episodes, steps: int = 5, flo
     table = ResultsFile(out, settings, check_row=check_row) if out is not None else None
     rows = []
     todo = [i for i in range(rank, len(ids), world) if not (table and table.done(ids[i]))]
-    for index in tqdm(todo, disable=not progress, desc=f"{baseline.name} T={steps}"):
+    for index in tqdm(todo, disable=not progress, desc=f"{baseline.name} steps={steps}", unit="episode"):
         class_name = "?"
         try:
             episode = episodes[index]
             class_name = episode.class_name
-            if episode.query_mask is None:
-                raise ValueError(f"episode {ids[index]} has no query mask to score against")
+            unscored = f"episode {ids[index]} has no query mask to score against"
+            if episode.query_mask is None and save_masks is None:
+                raise ValueError(unscored)
             result = run_episode(baseline, encoder, episode, steps, flow, selector,
-                                 episode_seed(seed, ids[index]), resampling)
+                                 episode_seed(seed, ids[index]), resampling, preset=preset)
+            if save_masks is not None:
+                save_overlays(Path(save_masks) / ids[index], episode, result)
+            if episode.query_mask is None:
+                raise ValueError(f"{unscored} (its masks are in {Path(save_masks) / ids[index]})")
             row = _row(episode, result)
         except EPISODE_ERRORS as err:
             row = _failed_row(ids[index], class_name, err)

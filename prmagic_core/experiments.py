@@ -53,9 +53,11 @@ from .metrics import episode_counts
 from .push import ARMS, push
 from .refine import DecodeMemo, refine
 from .results import ResultsFile
-from .select import SELECTORS, oracle, select
+from .pipeline import select_final
+from .presets import get_preset
+from .select import SELECTORS, oracle
 
-TABLE_VERSION = 1
+TABLE_VERSION = 2  # 2: rows from a preset (selector evidence, first-shot support)
 BACKENDS = ("tiny", "sam")
 DEFAULT_ETA = {"object": 1e-3, "part": 1e-4}
 
@@ -121,9 +123,10 @@ class Sweep:
     divergence: str = "kl"
     reduction: str = "sum"
     grad_at: str = "z0"
-    resampling: str = "fixed"
+    resampling: str | None = None  # None: the preset's
     selectors: tuple = SELECTORS
     released_point_order: bool = False
+    preset: str = "release"
     direction: str = "gradient"
     step: str = "fixed"
     step_size: float | None = None
@@ -243,8 +246,8 @@ class Scored:
     oracle: object
 
 
-def run_trajectory(prompter, encoder, episode, flow: FlowConfig, seed: int, steps: int, resampling: str,
-                   selectors, memo: DecodeMemo | None = None) -> Scored:
+def run_trajectory(prompter, encoder, episode, flow: FlowConfig, seed: int, steps: int, resampling: str | None,
+                   selectors, memo: DecodeMemo | None = None, preset: str = "release") -> Scored:
     """Refine once (seeded as ``prmagic evaluate`` seeds the episode), then score it with every selector.
 
     ``memo`` (one per prompter) shares the decodes on z0 between the flow settings and seeds of an episode.
@@ -252,9 +255,8 @@ def run_trajectory(prompter, encoder, episode, flow: FlowConfig, seed: int, step
     if episode.query_mask is None:
         raise ValueError(f"episode {episode.name} has no query mask to score against")
     generator = torch.Generator().manual_seed(episode_seed(seed, episode.name))
-    trajectory = refine(prompter, steps, flow, generator, resampling, memo=memo)
-    selections = {name: select(name, trajectory.candidates, encoder, prompter.query, episode.support_images,
-                               episode.support_masks) for name in selectors}
+    trajectory = refine(prompter, steps, flow, generator, resampling or get_preset(preset).resampling, memo=memo)
+    selections = {name: select_final(name, trajectory, prompter, encoder, episode, preset) for name in selectors}
     return Scored(trajectory, selections, oracle(trajectory.candidates, episode.query_mask))
 
 
@@ -397,19 +399,17 @@ class Lab:
         digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
         return self.cache_dir / f"{self.setup.dataset}-{self.kind}-{self.setup.sam_type}-T{sweep.steps}-{digest}.csv"
 
-    def baseline(self, name: str, kind: str, released_point_order: bool = False):
+    def baseline(self, name: str, kind: str, released_point_order: bool = False, preset: str = "release"):
         """One baseline object per name and options (Matcher keeps its DINOv2 loaded across episodes)."""
-        key = (name, kind, released_point_order)
+        key = (name, kind, released_point_order, preset)
         if key not in self._baselines:
-            from .baselines.matcher import BENCHMARK_PRESETS
-
             self._baselines[key] = make_baseline(name, kind=kind, released_point_order=released_point_order,
                                                  dinov2_checkpoint=self.setup.dinov2_checkpoint,
-                                                 preset=BENCHMARK_PRESETS.get(self.setup.dataset))
+                                                 settings=preset, benchmark=self.setup.dataset)
         return self._baselines[key]
 
-    def prepare(self, baseline: str, episode, released_point_order: bool = False):
-        return self.baseline(baseline, episode.kind, released_point_order).prepare(
+    def prepare(self, baseline: str, episode, released_point_order: bool = False, preset: str = "release"):
+        return self.baseline(baseline, episode.kind, released_point_order, preset).prepare(
             self.encoder, episode.support_images, episode.support_masks, episode.query_image)
 
     def sweep(self, sweep: Sweep, progress: bool = True) -> pd.DataFrame:
@@ -455,7 +455,7 @@ class Lab:
 
     def _episode_rows(self, baseline: str, index: int, episode_id: str, missing: list, sweeps: list):
         """Yields (sweep index, rows) of each missing trajectory of one episode; the prompter is prepared
-        once for all (once per point order)."""
+        once for all (once per point order and preset)."""
         if not missing:
             return
         class_name, prepared = "?", {}
@@ -464,26 +464,29 @@ class Lab:
             try:
                 episode = self.episode(index)
                 class_name = episode.class_name
-                if sweep.released_point_order not in prepared:  # a failed preparation is not retried
+                options = (sweep.released_point_order, sweep.preset)
+                if options not in prepared:  # a failed preparation is not retried
                     try:
-                        prompter = self.prepare(baseline, episode, sweep.released_point_order)
-                        prepared[sweep.released_point_order] = prompter, DecodeMemo(prompter)
+                        prompter = self.prepare(baseline, episode, *options)
+                        prepared[options] = prompter, DecodeMemo(prompter)
                     except EPISODE_ERRORS as err:
-                        prepared[sweep.released_point_order] = err
-                if isinstance(prepared[sweep.released_point_order], Exception):
-                    raise prepared[sweep.released_point_order]
-                prompter, memo = prepared[sweep.released_point_order]
+                        prepared[options] = err
+                if isinstance(prepared[options], Exception):
+                    raise prepared[options]
+                prompter, memo = prepared[options]
                 scored = run_trajectory(prompter, self.encoder, episode, sweep.flow(*flow_key), seed, sweep.steps,
-                                        sweep.resampling, sweep.selectors, memo)
+                                        sweep.resampling, sweep.selectors, memo, sweep.preset)
                 yield k, _rows(scored, episode, baseline, flow_key, seed)
             except EPISODE_ERRORS as err:
                 yield k, [_failed_row(baseline, flow_key, seed, episode_id, sweep.steps, class_name, err)]
 
     def pushes(self, baseline: str, n_episodes: int, norms, seeds=(0,), arms=tuple(ARMS), reduction: str = "sum",
-               top_fraction: float = 0.01, released_point_order: bool = False, progress: bool = True) -> pd.DataFrame:
+               top_fraction: float = 0.01, released_point_order: bool = False, preset: str = "release",
+               progress: bool = True) -> pd.DataFrame:
         """Rows of :func:`prmagic_core.push.push` (one step from z0 per arm and norm) for each seed and
         episode, with ``baseline``, ``seed``, ``episode``, ``class``; cached and resumable like a sweep."""
-        sweep = Sweep(baselines=(baseline,), reduction=reduction, released_point_order=released_point_order)
+        sweep = Sweep(baselines=(baseline,), reduction=reduction, released_point_order=released_point_order,
+                      preset=preset)
         settings = {**self.settings(sweep), "probe": "push", "baseline": baseline, "norms": [float(n) for n in norms],
                     "arms": list(arms), "top_fraction": float(top_fraction)}
         digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
@@ -497,7 +500,7 @@ class Lab:
                 continue
             try:
                 episode = self.episode(index)
-                prompter = self.prepare(baseline, episode, released_point_order)
+                prompter = self.prepare(baseline, episode, released_point_order, preset)
                 memo = DecodeMemo(prompter)
                 for seed in missing:
                     generator = torch.Generator().manual_seed(episode_seed(seed, episode.name))
@@ -522,9 +525,10 @@ class Lab:
         if path.exists():
             return Trace.load(path, settings)
         episode = self.episode(index)
-        scored = run_trajectory(self.prepare(baseline, episode, sweep.released_point_order), self.encoder, episode,
+        scored = run_trajectory(self.prepare(baseline, episode, sweep.released_point_order, sweep.preset),
+                                self.encoder, episode,
                                 sweep.flow(float(eta), float(gamma), bool(drift)), int(seed), sweep.steps,
-                                sweep.resampling, sweep.selectors)
+                                sweep.resampling, sweep.selectors, preset=sweep.preset)
         trace = Trace.from_scored(scored, episode, settings)
         trace.save(path)
         return trace

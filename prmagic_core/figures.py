@@ -90,8 +90,8 @@ def default_out_dir(profile: str, build_dir: Path) -> Path:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--profile", default="full", choices=sorted(PROFILES), help="parameter set (default full)")
-    parser.add_argument("--backend", default=None, choices=["tiny", "sam"], help="default: the notebooks' (tiny)")
+    parser.add_argument("--profile", default="full", choices=sorted(PROFILES), help="parameter set: smoke (CI, minutes) or full (the committed figures)")
+    parser.add_argument("--backend", default=None, choices=["tiny", "sam"], help="override the notebooks' backend (theirs: tiny)")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="override one notebook parameter (repeatable)")
     parser.add_argument("--only", action="append", default=None, metavar="NAME",

@@ -60,20 +60,20 @@ def push(prompter, memo, truth: np.ndarray, norms, arms=tuple(ARMS), generator: 
     with torch.no_grad():
         s0 = prompter.similarity(z0)
     prompts0 = sample(s0)
-    mask0, logits0, _, _ = memo(prompts0, s0, reduction, gradient=False)
+    mask0, logits0, _, _, _ = memo(prompts0, s0, reduction, gradient=False)
     d0, iou0, top0, peak0 = float(d_phi(logits0, reduction)), iou(mask0, truth), top_region(s0, top_fraction), _peak(s0)
     rows = []
     for arm in arms:
         direction, arm_reduction = ARMS[arm]
-        _, _, _, grad = memo(prompts0, s0, arm_reduction)
+        _, _, _, grad, _ = memo(prompts0, s0, arm_reduction)
         unit = unit_direction(grad, direction, generator)
         for norm in norms:
             z = z0 + float(norm) * unit
             with torch.no_grad():
                 s = prompter.similarity(z)
-                _, logits_same = prompter.decode(z, prompts0, s0)
+                _, logits_same, *_ = prompter.decode(z, prompts0, s0)  # a decode may add selector evidence
             prompts = sample(s)
-            mask, logits, _, _ = memo(prompts, s, reduction, gradient=False)
+            mask, logits, _, _, _ = memo(prompts, s, reduction, gradient=False)
             rows.append({
                 "arm": arm, "norm": float(norm), "top_iou": iou(top0, top_region(s, top_fraction)),
                 "peak_shift": float(np.linalg.norm(_peak(s) - peak0)),

@@ -36,6 +36,7 @@ class Step:
     gradient: torch.Tensor | None = None
     drift_norm: float | None = None
     noise_norm: float | None = None
+    evidence: object = None  # what the decode handed the selector (a SelectorEvidence), if anything
 
 
 @dataclass
@@ -47,15 +48,25 @@ class Trajectory:
     def candidates(self) -> list:
         return [s.mask for s in self.steps]
 
+    @property
+    def evidence(self) -> list:
+        return [s.evidence for s in self.steps]
+
+
+def _decode(prompter: Prompter, z: torch.Tensor, prompts: Prompts, similarity) -> tuple:
+    """(mask, logits, evidence or None): a decode may return the selector's evidence third."""
+    mask, logits, *rest = prompter.decode(z, prompts, similarity)
+    return mask, logits, (rest[0] if rest else None)
+
 
 def _gradient(prompter: Prompter, z: torch.Tensor, prompts: Prompts, similarity, reduction: str):
-    """(mask, logits, d_phi value, grad of d_phi w.r.t. z) from one differentiable decode at z."""
+    """(mask, logits, d_phi value, grad of d_phi w.r.t. z, evidence) from one differentiable decode at z."""
     z = z.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        mask, logits = prompter.decode(z, prompts, similarity)
+        mask, logits, evidence = _decode(prompter, z, prompts, similarity)
         d = d_phi(logits, reduction)
         (grad,) = torch.autograd.grad(d, z)
-    return mask, logits.detach(), float(d.detach()), grad
+    return mask, logits.detach(), float(d.detach()), grad, evidence
 
 
 class DecodeMemo:
@@ -80,7 +91,7 @@ class DecodeMemo:
         return key
 
     def __call__(self, prompts: Prompts, similarity: torch.Tensor, reduction: str, gradient: bool = True):
-        """(mask, logits, d_phi, gradient) on z0; without ``gradient`` the last two may be None."""
+        """(mask, logits, d_phi, gradient, evidence) on z0; without ``gradient`` d_phi and gradient may be None."""
         key = self._key(prompts, similarity, reduction)
         entry = self._entries.get(key)
         if entry is None or (gradient and entry[3] is None):
@@ -89,8 +100,8 @@ class DecodeMemo:
                 entry = _gradient(self.prompter, self.z0, prompts, similarity, reduction)
             else:
                 with torch.no_grad():
-                    mask, logits = self.prompter.decode(self.z0, prompts, similarity)
-                entry = (mask, logits.detach(), None, None)
+                    mask, logits, evidence = _decode(self.prompter, self.z0, prompts, similarity)
+                entry = (mask, logits.detach(), None, None, evidence)
             self._entries[key] = entry
         return entry
 
@@ -134,7 +145,7 @@ def refine(prompter: Prompter, steps: int = 5, flow: FlowConfig = FlowConfig(),
         with torch.no_grad():
             trial_similarity = prompter.similarity(z0 + trial_delta)
         trial = sample(trial_similarity)
-        _, _, d_next, _ = memo(trial, trial_similarity, flow.reduction)
+        _, _, d_next, _, _ = memo(trial, trial_similarity, flow.reduction)
         return trial.fingerprint() != prompts.fingerprint(), d_next
 
     delta = torch.zeros_like(z0)
@@ -143,15 +154,16 @@ def refine(prompter: Prompter, steps: int = 5, flow: FlowConfig = FlowConfig(),
     trajectory = Trajectory(config=flow)
     for t in range(steps + 1):
         # With grad_at="zt" the gradient is taken at z_t below, so the candidate needs none at z0.
-        mask, logits, d, grad = memo(prompts, similarity, flow.reduction, gradient=flow.grad_at == "z0")
+        mask, logits, d, grad, evidence = memo(prompts, similarity, flow.reduction, gradient=flow.grad_at == "z0")
         if t == steps:
-            trajectory.steps.append(Step(mask, logits, prompts, similarity.detach(), d))
+            trajectory.steps.append(Step(mask, logits, prompts, similarity.detach(), d, evidence=evidence))
             break
         if flow.grad_at == "zt":
-            _, _, d, grad = _gradient(prompter, z0 + delta, prompts, similarity, flow.reduction)
+            _, _, d, grad, _ = _gradient(prompter, z0 + delta, prompts, similarity, flow.reduction)
         delta, norms = flow_step(delta, grad, d, flow, generator, policy, probe)
         trajectory.steps.append(
-            Step(mask, logits.detach(), prompts, similarity.detach(), d, grad.detach(), norms.drift, norms.noise)
+            Step(mask, logits.detach(), prompts, similarity.detach(), d, grad.detach(), norms.drift, norms.noise,
+                 evidence)
         )
         with torch.no_grad():
             similarity = prompter.similarity(z0 + delta)

@@ -233,3 +233,18 @@ def test_shipped_samples_load_and_match_shapeworld():
         # images are shipped as JPEG, so close rather than identical
         difference = np.abs(loaded.query_image.astype(int) - original.query_image.astype(int))
         assert difference.mean() < 5
+
+
+@pytest.mark.parametrize("stem", ["support", "query"])
+def test_a_jpeg_mask_beside_the_missing_png_is_named(tmp_path, stem):
+    folder = minimal_episode(tmp_path / "ep")
+    (folder / f"{stem}_mask.png").unlink(missing_ok=True)  # the query's is optional: absent in minimal_episode
+    write(folder, f"{stem}_mask.jpg", mask_image().convert("L"))
+    with pytest.raises(InputError, match=f"{stem}_mask.png: missing mask: found {stem}_mask.jpg, but masks must be PNG"):
+        load_episode(folder)
+
+
+def test_an_episode_folder_given_as_the_root_says_so(tmp_path):
+    folder = minimal_episode(tmp_path / "ep")
+    with pytest.raises(InputError, match=f"{folder}: is one episode .*its parent {tmp_path}$"):
+        load_episodes(folder)

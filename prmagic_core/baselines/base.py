@@ -24,6 +24,10 @@ from ..models.decoding import Prompts
 from ..models.encoding import Encoded, Encoder
 
 
+class EmptySupportWarning(UserWarning):
+    """A support mask selects no cell of the feature grid, and the baseline uses its documented fallback."""
+
+
 class Prompter(ABC):
     """One episode's prompt generator and decoder, prepared from its support set."""
 
@@ -41,8 +45,9 @@ class Prompter(ABC):
         """Point prompts (original query pixels) sampled from a similarity map."""
 
     @abstractmethod
-    def decode(self, embedding: torch.Tensor, prompts: Prompts, similarity: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
-        """(candidate mask (H, W) bool, low-res logits (h', w')) decoded on ``embedding``."""
+    def decode(self, embedding: torch.Tensor, prompts: Prompts, similarity: torch.Tensor) -> tuple:
+        """(candidate mask (H, W) bool, logits whose reduction is d_phi) decoded on ``embedding``,
+        optionally followed by a :class:`~prmagic_core.select.SelectorEvidence` for the selector."""
 
 
 class Baseline(ABC):

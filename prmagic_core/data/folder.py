@@ -42,6 +42,10 @@ def _find_image(folder: Path, stem: str) -> Path:
 
 def _read_mask(path: Path, image_path: Path, image_size: tuple, support: bool) -> np.ndarray:
     if not path.is_file():
+        others = sorted(p.name for p in path.parent.glob(f"{path.stem}.*"))
+        if others:  # JPEG compression smears a mask's edges into stray foreground, so only PNG is read
+            raise InputError(path, f"missing mask: found {', '.join(others)}, but masks must be PNG "
+                                   f"(save it as {path.name})")
         raise InputError(path, "missing mask")
     image = open_image(path)
     if image.size != image_size:
@@ -63,7 +67,7 @@ def _read_pair(folder: Path, stem: str, support: bool) -> tuple:
     image = open_image(image_path)
     mask_path = folder / f"{stem}_mask.png"
     mask = None
-    if support or mask_path.is_file():
+    if support or any(folder.glob(f"{stem}_mask.*")):
         mask = _read_mask(mask_path, image_path, image.size, support)
     return to_rgb(image), mask
 
@@ -123,6 +127,9 @@ def load_episodes(root) -> list:
     root = Path(root)
     if not root.is_dir():
         raise InputError(root, "is not a folder of episodes" if root.exists() else "no such folder of episodes")
+    if any(p.suffix.lower() in IMAGE_SUFFIXES for p in root.glob("query.*")):
+        raise InputError(root, f"is one episode (it holds {_find_image(root, 'query').name}); pass the folder that "
+                               f"holds episode folders, here its parent {root.parent}")
     folders = []
     for entry in sorted(p for p in root.iterdir() if not p.name.startswith(".")):
         try:
