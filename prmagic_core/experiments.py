@@ -36,7 +36,7 @@ import json
 import math
 import time
 import zlib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,7 @@ from .data.sources import kind_of, load_source
 from .evaluation import EPISODE_ERRORS, episode_ids, episode_seed
 from .flow import FlowConfig
 from .metrics import episode_counts
+from .push import ARMS, push
 from .refine import DecodeMemo, refine
 from .results import ResultsFile
 from .pipeline import select_final
@@ -106,7 +107,10 @@ class Sweep:
     """A grid of settings: baselines x etas x gammas x drifts x seeds over the first ``episodes``.
 
     The other fields are fixed for the whole table (they are part of its file's settings).
-    ``drifts=(False,)`` zeroes the gradient term (noise only); ``gammas=(0.0,)`` is drift only.
+    ``drifts=(False,)`` zeroes the gradient term (noise only); ``gammas=(0.0,)`` is drift only;
+    ``etas=(0.0,), gammas=(0.0,)`` with ``resampling="fresh"`` is resampling only.
+    ``direction``, ``step`` and ``step_size`` size and point the drift (see
+    :class:`~prmagic_core.flow.FlowConfig`): one table per choice, :meth:`Lab.sweeps` runs several.
     """
 
     baselines: tuple = ("persam_f",)
@@ -124,6 +128,9 @@ class Sweep:
     selectors: tuple = SELECTORS
     released_point_order: bool = False
     preset: str = "release"
+    direction: str = "gradient"
+    step: str = "fixed"
+    step_size: float | None = None
 
     def __post_init__(self):
         # Canonical types: the table keys rows by str(value), so 0 and 0.0 must not both occur.
@@ -142,11 +149,18 @@ class Sweep:
 
     def flow(self, eta: float, gamma: float, drift: bool) -> FlowConfig:
         return FlowConfig(eta=eta, gamma=gamma, clip=self.clip, divergence=self.divergence,
-                          reduction=self.reduction, grad_at=self.grad_at, drift=drift)
+                          reduction=self.reduction, grad_at=self.grad_at, drift=drift, direction=self.direction,
+                          step=self.step, step_size=self.step_size)
 
     def flows(self) -> list:
         """(eta, gamma, drift) of every flow setting of the grid."""
         return [(e, g, d) for e in self.etas for g in self.gammas for d in self.drifts]
+
+    def along(self, arm: str, norm: float) -> "Sweep":
+        """This grid with a drift of L2 norm ``norm`` along a direction arm of :data:`~prmagic_core.push.ARMS`
+        and no noise (gamma 0): one cell of the direction test."""
+        direction, reduction = ARMS[arm]
+        return replace(self, gammas=(0.0,), direction=direction, reduction=reduction, step_size=float(norm))
 
     def rows_of(self, frame: pd.DataFrame, episode_ids) -> pd.DataFrame:
         """The rows of ``frame`` inside this grid and these episodes (a table file may hold more)."""
@@ -328,6 +342,12 @@ class Lab:
             self._encoder = Encoder(self.sam, cache_size=512 if tiny else 64)
         return self._encoder
 
+    @property
+    def embedding_size(self) -> int:
+        """Elements of one image embedding: the n of the flow's sqrt(n) norms (loads the model)."""
+        encoder = self.sam.prompt_encoder
+        return encoder.embed_dim * encoder.image_embedding_size[0] * encoder.image_embedding_size[1]
+
     # -- data
     @property
     def image_size(self) -> int:
@@ -400,62 +420,116 @@ class Lab:
 
     def sweep(self, sweep: Sweep, progress: bool = True) -> pd.DataFrame:
         """The table of ``sweep``: rows already on disk are read, missing trajectories computed."""
-        table = ResultsFile(self.table_path(sweep), self.settings(sweep), key=KEY)
-        ids = self.episode_ids(sweep.episodes)
-        combos = [(f, seed) for f in sweep.flows() for seed in sweep.seeds]
-        todo = {(b, i): [c for c in combos if not table.done(b, *c[0], c[1], eid, sweep.steps)]
-                for b in sweep.baselines for i, eid in enumerate(ids)}
+        return self.sweeps([sweep], progress)[0]
+
+    def sweeps(self, sweeps, progress: bool = True) -> list:
+        """The tables of several sweeps (one file each), computed episode by episode: a baseline's
+        prompter and its decodes on z0 are prepared once per episode for all of them."""
+        sweeps = list(sweeps)
+        tables = [ResultsFile(self.table_path(s), self.settings(s), key=KEY) for s in sweeps]
+        ids = self.episode_ids(max(s.episodes for s in sweeps))
+        todo = {}  # (baseline, episode index) -> [(sweep index, flow key, seed)] not on disk yet
+        for k, (sweep, table) in enumerate(zip(sweeps, tables)):
+            for b in sweep.baselines:
+                for i, eid in enumerate(ids[:sweep.episodes]):
+                    todo.setdefault((b, i), []).extend(
+                        (k, f, seed) for f in sweep.flows() for seed in sweep.seeds
+                        if not table.done(b, *f, seed, eid, sweep.steps))
         total = sum(len(v) for v in todo.values())
-        pending, last_flush = [], time.monotonic()
+        pending, last_flush = [[] for _ in sweeps], time.monotonic()
 
         def flush():
-            nonlocal pending, last_flush
-            table.append(pending)
-            pending, last_flush = [], time.monotonic()
+            nonlocal last_flush
+            for table, rows in zip(tables, pending):
+                table.append(rows)
+                rows.clear()
+            last_flush = time.monotonic()
 
         def episode_rows(unit):
             (baseline, index), missing = unit
-            return self._episode_rows(baseline, index, ids[index], missing, sweep)
+            return self._episode_rows(baseline, index, ids[index], missing, sweeps)
 
         units = [unit for unit in todo.items() if unit[1]]
         workers = resolve_workers(self.workers, self.device)
         if workers == 1:  # trajectory by trajectory, so an interruption loses at most the one in flight
-            trajectories = (rows for unit in units for rows in episode_rows(unit))
+            trajectories = (item for unit in units for item in episode_rows(unit))
         else:  # episode by episode, each in a worker
             finished = ordered_map(lambda unit: list(episode_rows(unit)), units, workers)
-            trajectories = (rows for episode in finished for rows in episode)
+            trajectories = (item for episode in finished for item in episode)
         try:
-            with tqdm(total=total, disable=not progress or total == 0, desc=f"sweep {self.table_path(sweep).name}") as bar:
-                for rows in trajectories:
-                    pending.extend(rows)
+            names = ", ".join(self.table_path(s).name for s in sweeps[:2]) + (", ..." if len(sweeps) > 2 else "")
+            with tqdm(total=total, disable=not progress or total == 0, desc=f"sweep {names}") as bar:
+                for k, rows in trajectories:
+                    pending[k].extend(rows)
                     bar.update(1)
-                    if len(pending) >= self.flush_every * (sweep.steps + 1) or time.monotonic() - last_flush > 30:
+                    if (sum(map(len, pending)) >= self.flush_every * (sweeps[k].steps + 1)
+                            or time.monotonic() - last_flush > 30):
                         flush()
         finally:  # an interrupted sweep keeps every trajectory it finished
             flush()
-        return sweep.rows_of(to_frame(table.rows), ids)
+        return [sweep.rows_of(to_frame(table.rows), ids[:sweep.episodes]) for sweep, table in zip(sweeps, tables)]
 
-    def _episode_rows(self, baseline: str, index: int, episode_id: str, missing: list, sweep: Sweep):
-        """Yields the rows of each missing trajectory of one episode; the prompter is prepared once for all."""
+    def _episode_rows(self, baseline: str, index: int, episode_id: str, missing: list, sweeps: list):
+        """Yields (sweep index, rows) of each missing trajectory of one episode; the prompter is prepared
+        once for all (once per point order and preset)."""
         if not missing:
             return
-        class_name = "?"
-        try:
-            episode = self.episode(index)
-            class_name = episode.class_name
-            prompter = self.prepare(baseline, episode, sweep.released_point_order, sweep.preset)
-            memo = DecodeMemo(prompter)
-        except EPISODE_ERRORS as err:
-            for flow_key, seed in missing:
-                yield [_failed_row(baseline, flow_key, seed, episode_id, sweep.steps, class_name, err)]
-            return
-        for flow_key, seed in missing:
+        class_name, prepared = "?", {}
+        for k, flow_key, seed in missing:
+            sweep = sweeps[k]
             try:
+                episode = self.episode(index)
+                class_name = episode.class_name
+                options = (sweep.released_point_order, sweep.preset)
+                if options not in prepared:  # a failed preparation is not retried
+                    try:
+                        prompter = self.prepare(baseline, episode, *options)
+                        prepared[options] = prompter, DecodeMemo(prompter)
+                    except EPISODE_ERRORS as err:
+                        prepared[options] = err
+                if isinstance(prepared[options], Exception):
+                    raise prepared[options]
+                prompter, memo = prepared[options]
                 scored = run_trajectory(prompter, self.encoder, episode, sweep.flow(*flow_key), seed, sweep.steps,
                                         sweep.resampling, sweep.selectors, memo, sweep.preset)
-                yield _rows(scored, episode, baseline, flow_key, seed)
+                yield k, _rows(scored, episode, baseline, flow_key, seed)
             except EPISODE_ERRORS as err:
-                yield [_failed_row(baseline, flow_key, seed, episode_id, sweep.steps, class_name, err)]
+                yield k, [_failed_row(baseline, flow_key, seed, episode_id, sweep.steps, class_name, err)]
+
+    def pushes(self, baseline: str, n_episodes: int, norms, seeds=(0,), arms=tuple(ARMS), reduction: str = "sum",
+               top_fraction: float = 0.01, released_point_order: bool = False, preset: str = "release",
+               progress: bool = True) -> pd.DataFrame:
+        """Rows of :func:`prmagic_core.push.push` (one step from z0 per arm and norm) for each seed and
+        episode, with ``baseline``, ``seed``, ``episode``, ``class``; cached and resumable like a sweep."""
+        sweep = Sweep(baselines=(baseline,), reduction=reduction, released_point_order=released_point_order,
+                      preset=preset)
+        settings = {**self.settings(sweep), "probe": "push", "baseline": baseline, "norms": [float(n) for n in norms],
+                    "arms": list(arms), "top_fraction": float(top_fraction)}
+        digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+        s = self.setup
+        file = ResultsFile(self.cache_dir / f"push-{s.dataset}-{self.kind}-{s.sam_type}-{baseline}-{digest}.csv",
+                           settings, key=("seed", "episode"))
+        ids = self.episode_ids(n_episodes)
+        for index, episode_id in enumerate(tqdm(ids, disable=not progress, desc=f"push {baseline}")):
+            missing = [seed for seed in seeds if not file.done(seed, episode_id)]
+            if not missing:
+                continue
+            try:
+                episode = self.episode(index)
+                prompter = self.prepare(baseline, episode, released_point_order, preset)
+                memo = DecodeMemo(prompter)
+                for seed in missing:
+                    generator = torch.Generator().manual_seed(episode_seed(seed, episode.name))
+                    rows = push(prompter, memo, episode.query_mask, norms, arms, generator, reduction, top_fraction)
+                    file.append([{"baseline": baseline, "seed": seed, "episode": episode_id,
+                                  "class": episode.class_name, "status": "ok", **row} for row in rows])
+            except EPISODE_ERRORS as err:
+                file.append([{"baseline": baseline, "seed": seed, "episode": episode_id, "status": "failed",
+                              "reason": f"{type(err).__name__}: {err}"} for seed in missing if not file.done(seed, episode_id)])
+        frame = pd.DataFrame(file.rows)
+        frame = frame[frame.seed.astype(int).isin(seeds) & frame.episode.isin(ids)]
+        text = {"baseline", "episode", "class", "arm", "status", "reason"}
+        return frame.apply(lambda c: c if c.name in text else pd.to_numeric(c.replace("", np.nan))).reset_index(drop=True)
 
     def trace(self, baseline: str, index: int, eta: float, gamma: float = 0.1, drift: bool = True, seed: int = 0,
               sweep: Sweep = Sweep()) -> "Trace":

@@ -18,7 +18,8 @@ declares.
 
 Profiles (tiny backend, baselines PerSAM-F and Matcher):
 
-- ``smoke``: 6 episodes, eta in {1e-2, 1e-3}, T = 2, one seed, a shorter 2-D toy.
+- ``smoke``: 6 episodes, eta in {1e-2, 1e-3}, T = 2, one seed, a shorter 2-D toy, and in 08 two
+  directions (gradient, random) at two norms (the paper's drift, the noise's).
   Budget 5 minutes on a 2-core CPU; measured 94 s (2 cores shared
   with a training job, niced, one thread).
 - ``full``: 24 episodes, eta in {1e-2, 1e-3, 1e-4, 1e-5}, T = 5, seeds 0-2.
@@ -53,7 +54,8 @@ COMMITTED_PROFILE = "full"  # the only profile whose figures land in <repo>/figu
 
 PROFILES = {
     "smoke": {"n_episodes": 6, "etas": [1e-2, 1e-3], "steps": 2, "seeds": [0],
-              "toy_steps": 100, "toy_train_steps": 150, "toy_particles": 200, "n_misses": 2},
+              "toy_steps": 100, "toy_train_steps": 150, "toy_particles": 200, "n_misses": 2,
+              "arms": ["gradient", "random"], "norms_between": 0, "norms_past": []},
     "full": {"n_episodes": 24, "etas": [1e-2, 1e-3, 1e-4, 1e-5], "steps": 5, "seeds": [0, 1, 2]},
 }
 
@@ -69,6 +71,7 @@ FIGURES = {
     "04_oracle_vs_top1": ("04_bto", "04_scatter", "04_misses"),
     "05_drift_vs_noise": ("05_regimes", "05_regime_steps", "05_norms"),
     "06_main_results": ("06_main_results",),
+    "08_gradient_direction": ("08_direction_norm", "08_direction_vs_random", "08_push", "08_adaptive"),
 }
 
 

@@ -418,3 +418,58 @@ def main_results_figure(results: pd.DataFrame, metrics=("miou", "mean_iou"), lab
             long.append({"row": f"{row['dataset']}\n{row['baseline']}", "variant": variant, "selector": "",
                          **{m: row[f"{variant}_{m}"] for m in metrics}})
     return bto_figure(pd.DataFrame(long), metrics=metrics, labels=labels, by="row")
+
+
+def intervals_vs_norm_figure(frame: pd.DataFrame, panel: str = "contrast", hue: str = "arm", row: str = "baseline",
+                             marks: dict | None = None, labels: dict | None = None):
+    """Means with 95% interval bands against the step's L2 norm (log scale): one column per ``panel``
+    value, one row per ``row`` value, one line per ``hue``; ``marks`` ({label: norm}) draws dotted verticals."""
+    labels = labels or {}
+    panels, rows = list(dict.fromkeys(frame[panel])), list(dict.fromkeys(frame[row]))
+    hues = list(dict.fromkeys(frame[hue]))
+    palette = dict(zip(hues, sns.color_palette("colorblind", len(hues))))
+    fig, axes = plt.subplots(len(rows), len(panels), figsize=(3.8 * len(panels), 2.9 * len(rows)), squeeze=False,
+                             sharex=True)
+    for i, r in enumerate(rows):
+        for j, p in enumerate(panels):
+            ax = axes[i, j]
+            part = frame[(frame[row] == r) & (frame[panel] == p)]
+            for h in hues:
+                line = part[part[hue] == h].sort_values("norm")
+                ax.plot(line.norm, line["mean"], marker="o", color=palette[h], label=h)
+                ax.fill_between(line.norm, line.low, line.high, color=palette[h], alpha=0.15)
+            ax.axhline(0.0, color="black", linewidth=0.6)
+            for name, norm in (marks or {}).items():
+                ax.axvline(norm, color="grey", linestyle=":", linewidth=0.8)
+                ax.annotate(name, (norm, 1.0), xycoords=("data", "axes fraction"), fontsize=7, rotation=90,
+                            va="top", ha="right", color="grey")
+            ax.set_xscale("log")
+            ax.set_title(f"{r}: {labels.get(p, p)}", fontsize=9)
+            ax.set_xlabel("L2 norm of one step" if i == len(rows) - 1 else "")
+    axes[0, -1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def intervals_figure(frame: pd.DataFrame, label: str = "setting", panel: str = "contrast", row: str = "baseline",
+                     labels: dict | None = None):
+    """One horizontal bar (mean) with its 95% interval per ``label`` value, per ``panel`` and ``row`` value."""
+    labels = labels or {}
+    panels, rows = list(dict.fromkeys(frame[panel])), list(dict.fromkeys(frame[row]))
+    names = list(dict.fromkeys(frame[label]))
+    fig, axes = plt.subplots(len(rows), len(panels), figsize=(3.8 * len(panels), 0.35 * len(names) * len(rows) + 1.2),
+                             squeeze=False, sharey=True)
+    for i, r in enumerate(rows):
+        for j, p in enumerate(panels):
+            ax = axes[i, j]
+            part = frame[(frame[row] == r) & (frame[panel] == p)].set_index(label).reindex(names)
+            y = np.arange(len(names))
+            ax.barh(y, part["mean"], color=VARIANT_COLOURS["T"] if p.startswith("T") else VARIANT_COLOURS["O"], alpha=0.6)
+            ax.errorbar(part["mean"], y, xerr=[part["mean"] - part.low, part.high - part["mean"]], fmt="none",
+                        ecolor="black", capsize=2)
+            ax.axvline(0.0, color="black", linewidth=0.6)
+            ax.set_yticks(y, names)
+            ax.set_title(f"{r}: {labels.get(p, p)}", fontsize=9)
+    axes[0, 0].invert_yaxis()  # the axes share y: once puts the first label on top of every panel
+    fig.tight_layout()
+    return fig
