@@ -170,7 +170,7 @@ def test_sweeps_share_each_episodes_prompter_and_equal_the_sweeps_alone(tmp_path
     grid = [ex.Sweep(**small, direction=d, step_size=3.6) for d in ("gradient", "random")]
     grid.append(ex.Sweep(**{**small, "etas": (0.0,)}, resampling="fresh"))
     alone = [ex.Lab(ex.Setup(), tmp_path / "alone").sweep(s, progress=False) for s in grid]
-    lab = ex.Lab(ex.Setup(), tmp_path / "together")
+    lab = ex.Lab(ex.Setup(), tmp_path / "together", workers=1)  # prepare is counted in this process
     prepared = Counting(lab.prepare)
     monkeypatch.setattr(lab, "prepare", prepared)
     together = lab.sweeps(grid, progress=False)
