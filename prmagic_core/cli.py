@@ -77,12 +77,52 @@ def cmd_evaluate_tiny(args) -> int:
     from .models.quality import evaluate_tiny
 
     sam = load_sam("tiny", args.checkpoint)
-    result = evaluate_tiny(sam, episodes=args.episodes, seed=args.seed, progress=not args.json)
+    result = evaluate_tiny(sam, episodes=args.episodes, seed=args.seed, size=args.image_size, progress=not args.json)
     if args.json:
         _print_json_last(result)
     else:
         for key in ("point_miou", "part_point_miou", "box_miou"):
-            print(f"{key:>16}: {result[key]:.4f}   ({result['metric']}, {args.episodes} episodes, seed {args.seed})")
+            print(f"{key:>16}: {result[key]:.4f}   ({result['metric']}, {args.episodes} episodes of "
+                  f"{result['image_size']} px, seed {args.seed})")
+    return 0
+
+
+def cmd_train_dino_tiny(args) -> int:
+    """Train DINO-Tiny on a fold's base classes, evaluate it on the fold's novel classes, write its card."""
+    import torch
+
+    from .models.dino_quality import evaluate_dino_tiny
+    from .models.dino_tiny import load_dino_tiny
+    from .models.dino_training import DinoTrainConfig, train
+    from .models.training import write_card
+
+    torch.set_num_threads(args.threads)
+    cfg = DinoTrainConfig(fold=args.fold, steps=args.steps, scenes=args.scenes, batch=args.batch, seed=args.seed)
+    out_dir = Path(args.out_dir)
+    summary = train(cfg, out_dir, resume=args.resume)
+    evaluation = evaluate_dino_tiny(load_dino_tiny(out_dir / "dino_tiny.pt"), episodes=args.eval_episodes,
+                                    fold=args.fold, size=args.image_size)
+    command = "prmagic " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["train-dino-tiny"] else "prmagic train-dino-tiny"
+    card = write_card(out_dir / "dino_tiny.json", summary, evaluation, command, architecture="dino-tiny")
+    print(json.dumps(card["evaluation"]))
+    return 0
+
+
+def cmd_evaluate_dino_tiny(args) -> int:
+    import torch
+
+    from .models.dino_quality import evaluate_dino_tiny
+    from .models.dino_tiny import load_dino_tiny
+
+    torch.set_num_threads(args.threads)
+    result = evaluate_dino_tiny(load_dino_tiny(args.checkpoint), episodes=args.episodes, fold=args.fold,
+                                seed=args.seed, size=args.image_size, progress=not args.json)
+    if args.json:
+        _print_json_last(result)
+    else:
+        for key in ("novel_class_accuracy", "patch_foreground_match"):
+            print(f"{key:>24}: {result[key]:.4f}   ({args.episodes} novel-class episodes of fold {args.fold}, "
+                  f"{args.image_size} px, seed {args.seed})")
     return 0
 
 
@@ -91,12 +131,26 @@ def _load_episodes(args, size: int):
     if args.dataset == "shapeworld" and args.data is None:
         from .data import shapeworld
 
-        return shapeworld.episodes(args.episodes or 100, seed=args.seed, kind=args.kind, shots=args.shots, size=size)
+        return shapeworld.episodes(args.episodes or 100, seed=args.seed, kind=args.kind, shots=args.shots, size=size,
+                                   fold=args.fold)
     from .data.sources import load_source
 
     if args.data is not None:
         return load_source("folder", args.data)
     return load_source(args.dataset, args.data_root, fold=args.fold, shots=args.shots, seed=args.seed)
+
+
+def _check_unseen_by_dino_tiny(matching_encoder: str, args) -> None:
+    """ShapeWorld episodes must come from the fold whose novel classes the shipped DINO-Tiny never saw."""
+    if matching_encoder != "dino-tiny" or args.dataset != "shapeworld" or args.data is not None:
+        return
+    from .models.dino_tiny import DINO_TINY_CARD
+
+    trained = json.loads(DINO_TINY_CARD.read_text())["config"]["fold"] if DINO_TINY_CARD.is_file() else 0
+    if args.fold != trained:
+        raise ValueError(f"--fold {args.fold}: the shipped DINO-Tiny was trained on fold {trained}'s base classes, "
+                         f"which include fold {args.fold}'s novel classes; use --fold {trained} "
+                         "or --matching-encoder sam-tiny")
 
 
 def cmd_evaluate(args) -> int:
@@ -118,8 +172,7 @@ def cmd_evaluate(args) -> int:
     try:
         sam = load_sam(model_type, args.checkpoint, device=str(device))
         # --episode-seed samples the episodes; --seed drives PR-MaGIC's noise only
-        episodes = _load_episodes(argparse.Namespace(**{**vars(args), "seed": args.episode_seed}),
-                                  sam.image_encoder.img_size)
+        episodes = _load_episodes(argparse.Namespace(**{**vars(args), "seed": args.episode_seed}), args.image_size)
         kind = kind_of(episodes, args.kind)
         eta = args.eta if args.eta is not None else (1e-3 if kind == "object" else 1e-4)
         flow = FlowConfig(eta=eta, gamma=args.gamma, clip=None if args.clip <= 0 else args.clip,
@@ -128,19 +181,23 @@ def cmd_evaluate(args) -> int:
 
         baseline = make_baseline(args.baseline, kind=kind, released_point_order=args.released_point_order,
                                  train_iters=args.persam_f_iters, variant=args.matcher_variant,
-                                 dinov2_checkpoint=args.dinov2_checkpoint, preset=BENCHMARK_PRESETS.get(args.dataset))
+                                 dinov2_checkpoint=args.dinov2_checkpoint, preset=BENCHMARK_PRESETS.get(args.dataset),
+                                 matching_encoder=args.matching_encoder)
         baseline_settings = {}
         if args.baseline == "persam_f":
             baseline_settings = {"persam_f_iters": args.persam_f_iters}
         elif args.baseline == "matcher":
+            _check_unseen_by_dino_tiny(baseline.matching_encoder(Encoder(sam)).name, args)
             baseline_settings = {"matcher_variant": args.matcher_variant, "matcher_preset": baseline.preset.name,
-                                 "dinov2_checkpoint": str(args.dinov2_checkpoint or "")}
+                                 "dinov2_checkpoint": str(args.dinov2_checkpoint or ""),
+                                 "matching_encoder": baseline.matching_encoder(Encoder(sam)).name}
         limit = min(len(episodes), args.episodes or len(episodes))
         settings = dict(
             baseline=args.baseline, backend=args.backend, model_type=model_type,
             checkpoint=str(args.checkpoint) if args.checkpoint else "shipped tiny weights",
             dataset="folder" if args.data else args.dataset, data=str(args.data or args.data_root or ""),
-            kind=kind, fold=args.fold, shots=args.shots, episodes=limit, episode_seed=args.episode_seed,
+            kind=kind, fold=args.fold, image_size=args.image_size,
+            shots=args.shots, episodes=limit, episode_seed=args.episode_seed,
             steps=args.steps, selector=args.selector, seed=args.seed, resampling=args.resampling,
             released_point_order=args.released_point_order, **baseline_settings, **flow.as_dict(),
         )
@@ -196,13 +253,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="default: the shipped weights")
     p.add_argument("--episodes", type=int, default=200)
     p.add_argument("--seed", type=int, default=1000)
+    p.add_argument("--image-size", type=int, default=None,
+                   help="render size of the episodes (default: SAM-Tiny's input, 128; SAM resizes any size to it)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate_tiny)
+
+    p = sub.add_parser("train-dino-tiny", help="train DINO-Tiny on a ShapeWorld fold's base classes (--resume)")
+    p.add_argument("--out-dir", default="runs/train-dino-tiny")
+    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--scenes", type=int, default=1200)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--eval-episodes", type=int, default=300, help="held-out novel-class episodes for the card")
+    p.add_argument("--image-size", type=int, default=512, help="evaluation episodes' render size")
+    p.set_defaults(func=cmd_train_dino_tiny)
+
+    p = sub.add_parser("evaluate-dino-tiny", help="DINO-Tiny's class accuracy and patch matching on novel classes")
+    p.add_argument("--checkpoint", default=None, help="default: the shipped weights")
+    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--episodes", type=int, default=300)
+    p.add_argument("--seed", type=int, default=1000)
+    p.add_argument("--image-size", type=int, default=512)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate_dino_tiny)
 
     p = sub.add_parser("evaluate", help="B / T / O of a baseline with PR-MaGIC over episodes")
     p.add_argument("--baseline", default="persam_f", choices=["persam", "persam_f", "matcher"])
     p.add_argument("--matcher-variant", default="released", choices=["released", "transport"],
                    help="how the SAM-space step reaches Matcher's matching features")
+    p.add_argument("--matching-encoder", default=None, choices=["dino-tiny", "sam-tiny", "dinov2"],
+                   help="what Matcher matches with (default: dinov2 with --dinov2-checkpoint, else dino-tiny)")
     p.add_argument("--dinov2-checkpoint", default=None,
                    help="Matcher on the sam backend: a local DINOv2 ViT-L/14 checkpoint (pip install '.[matcher-sam]')")
     p.add_argument("--backend", default="tiny", choices=["tiny", "sam"])
@@ -212,8 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["shapeworld", "folder", "fss", "coco", "lvis", "paco", "pascal_part", "dis5k"])
     p.add_argument("--data", default=None, help="a folder of episodes (folder format)")
     p.add_argument("--data-root", default=None, help="root of a benchmark's standard layout")
-    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--fold", type=int, default=0,
+                   help="a benchmark's fold; ShapeWorld: episodes of this fold's novel classes only")
     p.add_argument("--kind", default="object", choices=["object", "part"], help="ShapeWorld episodes")
+    p.add_argument("--image-size", type=int, default=512, help="ShapeWorld episodes' render size (SAM resizes it)")
     p.add_argument("--shots", type=int, default=1)
     p.add_argument("--episodes", type=int, default=None, help="ShapeWorld: how many (default 100); others: at most")
     p.add_argument("--steps", type=int, default=5)

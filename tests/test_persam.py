@@ -137,3 +137,19 @@ def test_empty_support_mask_is_refused_by_name(encoder, episode):
     masks = (np.zeros_like(episode.support_masks[0]),)
     with pytest.raises(ValueError, match="support mask 0 is empty"):
         PerSAM().prepare(encoder, episode.support_images, masks, episode.query_image)
+
+
+def test_quantile_bands_at_512_px_hold_what_the_releases_hold_at_518():
+    """The release evaluates at 518 x 518: its bands hold 518^2 (1 - q) pixels, about 3 and 24.
+    A 512-px ShapeWorld episode through SAM-Tiny (resized to its 128-px input) must come within 2x."""
+    from prmagic_core.models.loading import load_sam
+
+    episode = episodes(1, seed=0, size=512)[0]
+    prompter = prepare(PerSAM(), Encoder(load_sam("tiny")), episode)
+    similarity = prompter.similarity(prompter.query.embedding)
+    assert similarity.shape == (512, 512)
+    upper, lower = BAND_QUANTILES
+    released = {"band 1": 518**2 * (1 - upper), "band 2": 518**2 * (upper - lower)}
+    found = {"band 1": len(band_pixels(similarity, upper)), "band 2": len(band_pixels(similarity, lower, upper))}
+    for band, pixels in found.items():
+        assert released[band] / 2 <= pixels <= 2 * released[band], (band, pixels, released[band])

@@ -9,14 +9,16 @@ PERSAM_F_POINTS = {"object": 5, "part": 3}
 
 
 def make_baseline(name: str, kind: str = "object", released_point_order: bool = False, train_iters: int = 1000,
-                  variant: str = "released", dinov2_checkpoint=None, preset: str | None = None) -> Baseline:
+                  variant: str = "released", dinov2_checkpoint=None, preset: str | None = None,
+                  matching_encoder: str | None = None) -> Baseline:
     """A baseline by name with the paper's per-task settings (Matcher: ``preset`` overrides the task's)."""
     if name == "persam":
         return PerSAM()
     if name == "persam_f":
         return PerSAMF(points=PERSAM_F_POINTS[kind], train_iters=train_iters, released_point_order=released_point_order)
     if name == "matcher":
-        return Matcher(preset or KIND_PRESETS[kind], variant=variant, dinov2_checkpoint=dinov2_checkpoint)
+        return Matcher(preset or KIND_PRESETS[kind], variant=variant, dinov2_checkpoint=dinov2_checkpoint,
+                       matching=matching_encoder)
     raise ValueError(f"unknown baseline {name!r}; expected one of {', '.join(BASELINES)}")
 
 

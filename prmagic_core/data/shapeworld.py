@@ -185,32 +185,48 @@ class _Placement:
     angle: float
 
 
+def _window(place: _Placement, size: int) -> tuple:
+    """Row and column slices of the image that hold every pixel the placement can cover."""
+    reach = max(max(abs(p.offset[0]) + p.scale[0], abs(p.offset[1]) + p.scale[1]) for p in _primitives(place.name))
+    half = np.sqrt(2.0) * 1.1 * reach * place.radius + 2  # a rotated frame; shapes reach 1.04 of their scale
+    (x0, x1), (y0, y1) = ((int(max(0, np.floor(c - half))), int(min(size, np.ceil(c + half)))) for c in place.centre)
+    return slice(y0, y1), slice(x0, x1)
+
+
+def _primitive_layers(place: _Placement, rows: slice, cols: slice):
+    """(primitive, inside, a, b) per primitive over the window: its mask and the pixel coordinates
+    (a, b) of its own rotated frame, for the texture."""
+    yy, xx = np.mgrid[rows, cols].astype(np.float64) + 0.5
+    cos, sin = np.cos(place.angle), np.sin(place.angle)
+    dx, dy = xx - place.centre[0], yy - place.centre[1]
+    a, b = cos * dx + sin * dy, -sin * dx + cos * dy
+    for prim in _primitives(place.name):
+        pa = a - prim.offset[0] * place.radius
+        pb = b - prim.offset[1] * place.radius
+        inside = _shape_mask(prim.shape, pa / (prim.scale[0] * place.radius), pb / (prim.scale[1] * place.radius))
+        yield prim, inside, pa, pb
+
+
 def _render(rng: np.random.Generator, size: int, placements: list) -> Scene:
-    """Paint the placements in order (later ones occlude earlier ones)."""
+    """Paint the placements in order (later ones occlude earlier ones); each only over its window."""
     canvas = _background(rng, size)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
     owner = np.full((size, size), -1, dtype=np.int32)
     part_owner = np.full((size, size), -1, dtype=np.int32)
     part_names = []
     for index, place in enumerate(placements):
-        cos, sin = np.cos(place.angle), np.sin(place.angle)
-        dx, dy = xx - place.centre[0], yy - place.centre[1]
-        a, b = cos * dx + sin * dy, -sin * dx + cos * dy
+        rows, cols = _window(place, size)
         # textures scale with the image, so a 512-px render resized to 128 px looks like a 128-px one
         period = rng.uniform(5.0, 8.0) * size / REFERENCE_SIZE
         part_ids = {}
-        for prim in _primitives(place.name):
-            pa = a - prim.offset[0] * place.radius
-            pb = b - prim.offset[1] * place.radius
-            inside = _shape_mask(prim.shape, pa / (prim.scale[0] * place.radius), pb / (prim.scale[1] * place.radius))
+        for prim, inside, pa, pb in _primitive_layers(place, rows, cols):
             if prim.part not in part_ids:
                 part_ids[prim.part] = (len(part_names), _colour_pair(rng))
                 part_names.append(f"{place.name}/{prim.part}" if place.name in COMPOSITES else place.name)
             pid, (c1, c2) = part_ids[prim.part]
-            pattern = _texture(prim.texture, pa, pb, period)
-            canvas[inside] = np.where(pattern[inside, None], c1, c2)
-            owner[inside] = index
-            part_owner[inside] = pid
+            pattern = _texture(prim.texture, pa[inside], pb[inside], period)
+            canvas[rows, cols][inside] = np.where(pattern[:, None], c1, c2)
+            owner[rows, cols][inside] = index
+            part_owner[rows, cols][inside] = pid
     canvas += rng.normal(0.0, 6.0, canvas.shape)
     image = np.clip(canvas, 0, 255).astype(np.uint8)
     objects = [Instance(p.name, owner == i) for i, p in enumerate(placements)]
@@ -220,8 +236,11 @@ def _render(rng: np.random.Generator, size: int, placements: list) -> Scene:
 
 def _full_area(name: str, radius: float, size: int) -> float:
     """Pixel area of an unoccluded instance: the target's visibility is measured against it."""
-    lone = _render(np.random.default_rng(0), size, [_Placement(name, (size / 2, size / 2), radius, 0.0)])
-    return float(lone.objects[0].mask.sum())
+    place = _Placement(name, (size / 2, size / 2), radius, 0.0)
+    union = None
+    for _, inside, _, _ in _primitive_layers(place, *_window(place, size)):
+        union = inside if union is None else union | inside
+    return float(union.sum())
 
 
 def _related(target: str, rng: np.random.Generator, pool: tuple) -> list:

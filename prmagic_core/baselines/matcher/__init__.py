@@ -1,11 +1,13 @@
 """Matcher (Liu et al., ICLR 2024) as a PR-MaGIC baseline; see :mod:`.prompter` for the whole picture.
 
-    Matcher("fss", variant="released")                                  # SAM-Tiny: SAM features match
+    Matcher("fss", variant="released")                                  # SAM-Tiny: DINO-Tiny matches
+    Matcher("fss", matching="sam-tiny")                                 # SAM-Tiny: its own features match
     Matcher("coco", variant="transport", dinov2_checkpoint="dinov2_vitl14_pretrain.pth")
 """
+from .features import MATCHING_ENCODERS, matching_encoder
 from .presets import BENCHMARK_PRESETS, KIND_PRESETS, PRESETS, MatcherPreset, get_preset
 from .prompter import Matcher, MatcherPrompter, MatcherPrompts
 from .steps import VARIANTS
 
-__all__ = ["BENCHMARK_PRESETS", "KIND_PRESETS", "PRESETS", "VARIANTS", "Matcher", "MatcherPreset",
-           "MatcherPrompter", "MatcherPrompts", "get_preset"]
+__all__ = ["BENCHMARK_PRESETS", "KIND_PRESETS", "MATCHING_ENCODERS", "PRESETS", "VARIANTS", "Matcher", "MatcherPreset",
+           "MatcherPrompter", "MatcherPrompts", "get_preset", "matching_encoder"]

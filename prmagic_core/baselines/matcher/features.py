@@ -1,38 +1,93 @@
-"""Where Matcher's matching features come from.
+"""The matching encoder: the features Matcher matches with (and a selector may pool).
 
-- :class:`Dinov2Features` (official SAM): DINOv2 ViT-L/14 patch tokens, as Matcher matches
-  with: the image stretched to 518x518, the last block's output before the final norm, CLS
-  dropped, 37x37 tokens of 1024 channels.
-- :class:`SamFeatures` (SAM-Tiny): the SAM embedding itself (32x32 cells of 64 channels).
-  There is no second model to train for ShapeWorld, and SAM-Tiny's encoder is the only one
-  that has seen it. The honest limitation: matching and decoding then share one feature
-  space, unlike real Matcher, where DINOv2's semantic features find the points and SAM's
-  features cut the masks; a PR-MaGIC step in SAM space moves the matching features directly.
+:func:`matching_encoder` is the one place that says which encoder that is:
 
-Either way the features are L2-normalised per cell only at matching time (:mod:`.grid`).
+- ``dinov2`` (official SAM): DINOv2 ViT-L/14 patch tokens, as Matcher matches with: the
+  image stretched to 518x518, the last block's output before the final norm, CLS dropped,
+  37x37 tokens of 1024 channels (:class:`VitFeatures`).
+- ``dino-tiny`` (SAM-Tiny's default): DINO-Tiny (:mod:`prmagic_core.models.dino_tiny`), the
+  small ViT trained on a ShapeWorld fold's base classes, read the same way: 16x16 tokens of
+  64 channels. Semantic features find the points, SAM's features cut the masks, as in Matcher.
+- ``sam-tiny``: SAM-Tiny's own embedding (32x32 cells of 64 channels, :class:`SamFeatures`),
+  kept to show what a semantic encoder changes: these features are class-agnostic (every
+  object lights up), and matching and decoding share one feature space, so a PR-MaGIC step
+  moves the matching features directly.
+
+Every matching encoder is called on an :class:`Encoded` query or support (-> a
+:class:`TokenGrid`) and has ``pooled(encoder, images)`` -> (N, C): the mean of each image's
+tokens over all positions, which is what Matcher's selector compares (SPEC section 8.10).
+Features are L2-normalised per cell only at matching time (:mod:`.grid`).
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
+import torch
+
 from ...models.dinov2 import patch_tokens
-from ...models.encoding import Encoded
+from ...models.encoding import Encoded, Encoder
+from ...models.tiny import TINY_CONFIG
 from .grid import PaddedFrame, StretchedFrame, TokenGrid
+
+MATCHING_ENCODERS = ("dino-tiny", "sam-tiny", "dinov2")
 
 
 class SamFeatures:
-    name = "sam"
+    """SAM's own embedding as matching features."""
+
+    name = "sam-tiny"
 
     def __call__(self, encoded: Encoded) -> TokenGrid:
         return TokenGrid(encoded.embedding[0].detach(), PaddedFrame(encoded))
 
+    def pooled(self, encoder: Encoder, images) -> torch.Tensor:
+        return torch.stack([e.embedding[0].mean(dim=(1, 2)) for e in encoder.encode_many(list(images))])
 
-class Dinov2Features:
-    """DINOv2 patch tokens from a model loaded with :func:`prmagic_core.models.dinov2.load_dinov2`."""
 
-    name = "dinov2"
+class VitFeatures:
+    """Patch tokens of a timm ViT (DINOv2 or DINO-Tiny), read by :func:`prmagic_core.models.dinov2.patch_tokens`."""
 
-    def __init__(self, model):
+    def __init__(self, model, name: str):
         self.model = model
+        self.name = name
 
     def __call__(self, encoded: Encoded) -> TokenGrid:
         tokens = patch_tokens(self.model, encoded.image).to(encoded.embedding.device)
         return TokenGrid(tokens, StretchedFrame(encoded, tuple(tokens.shape[-2:])))
+
+    def pooled(self, encoder: Encoder, images) -> torch.Tensor:
+        return torch.stack([patch_tokens(self.model, image).mean(dim=(1, 2)) for image in images])
+
+
+@lru_cache(maxsize=4)
+def _dino_tiny(device: str):
+    from ...models.dino_tiny import load_dino_tiny
+
+    return load_dino_tiny(device=device)
+
+
+def matching_encoder(name: str | None, encoder: Encoder, dinov2_checkpoint=None):
+    """The encoder a matching baseline matches with, for SAM ``encoder``.
+
+    ``name`` None picks the default: ``dinov2`` when ``dinov2_checkpoint`` is given, else
+    ``dino-tiny`` on SAM-Tiny; official SAM without a DINOv2 checkpoint is an error (that
+    would not be Matcher).
+    """
+    on_tiny = encoder.sam.image_encoder.img_size == TINY_CONFIG["img_size"]
+    if name is None:
+        if dinov2_checkpoint is None and not on_tiny:
+            raise ValueError("Matcher on official SAM matches with DINOv2 ViT-L/14: give dinov2_checkpoint")
+        name = "dinov2" if dinov2_checkpoint is not None else "dino-tiny"
+    if name == "dinov2":
+        if dinov2_checkpoint is None:
+            raise ValueError("matching encoder dinov2 needs dinov2_checkpoint (a local DINOv2 ViT-L/14 file)")
+        from ...models.dinov2 import load_dinov2
+
+        return VitFeatures(load_dinov2(dinov2_checkpoint, str(encoder.device)), "dinov2")
+    if name == "dino-tiny":
+        return VitFeatures(_dino_tiny(str(encoder.device)), "dino-tiny")
+    if name == "sam-tiny":
+        if not on_tiny:
+            raise ValueError("matching encoder sam-tiny needs the tiny backend")
+        return SamFeatures()
+    raise ValueError(f"matching encoder must be one of {MATCHING_ENCODERS}, got {name!r}")
