@@ -140,9 +140,13 @@ def _load_episodes(args, size: int):
     return load_source(args.dataset, args.data_root, fold=args.fold, shots=args.shots, seed=args.seed)
 
 
-def _check_unseen_by_dino_tiny(matching_encoder: str, args) -> None:
+def _check_unseen_by_dino_tiny(args) -> None:
     """ShapeWorld episodes must come from the fold whose novel classes the shipped DINO-Tiny never saw."""
-    if matching_encoder != "dino-tiny" or args.dataset != "shapeworld" or args.data is not None:
+    from .baselines.matcher.features import matching_encoder_name
+
+    if args.baseline != "matcher" or args.dataset != "shapeworld" or args.data is not None:
+        return
+    if matching_encoder_name(args.matching_encoder, args.backend == "tiny", args.dinov2_checkpoint) != "dino-tiny":
         return
     from .models.dino_tiny import DINO_TINY_CARD
 
@@ -168,6 +172,7 @@ def cmd_evaluate(args) -> int:
         raise ValueError("--backend sam needs --checkpoint PATH to an official SAM checkpoint")
     if args.persam_f_iters < 1:
         raise ValueError(f"--persam-f-iters must be at least 1, got {args.persam_f_iters}")
+    _check_unseen_by_dino_tiny(args)
     rank, world, device = distributed.setup(resolve_device(args.device))
     try:
         sam = load_sam(model_type, args.checkpoint, device=str(device))
@@ -187,7 +192,6 @@ def cmd_evaluate(args) -> int:
         if args.baseline == "persam_f":
             baseline_settings = {"persam_f_iters": args.persam_f_iters}
         elif args.baseline == "matcher":
-            _check_unseen_by_dino_tiny(baseline.matching_encoder(Encoder(sam)).name, args)
             baseline_settings = {"matcher_variant": args.matcher_variant, "matcher_preset": baseline.preset.name,
                                  "dinov2_checkpoint": str(args.dinov2_checkpoint or ""),
                                  "matching_encoder": baseline.matching_encoder(Encoder(sam)).name}
@@ -261,8 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-dino-tiny", help="train DINO-Tiny on a ShapeWorld fold's base classes (--resume)")
     p.add_argument("--out-dir", default="runs/train-dino-tiny")
     p.add_argument("--fold", type=int, default=0)
-    p.add_argument("--steps", type=int, default=500)
-    p.add_argument("--scenes", type=int, default=1200)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--scenes", type=int, default=600)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -288,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--matching-encoder", default=None, choices=["dino-tiny", "sam-tiny", "dinov2"],
                    help="what Matcher matches with (default: dinov2 with --dinov2-checkpoint, else dino-tiny)")
     p.add_argument("--dinov2-checkpoint", default=None,
-                   help="Matcher on the sam backend: a local DINOv2 ViT-L/14 checkpoint (pip install '.[matcher-sam]')")
+                   help="Matcher on the sam backend: a local DINOv2 ViT-L/14 checkpoint")
     p.add_argument("--backend", default="tiny", choices=["tiny", "sam"])
     p.add_argument("--checkpoint", default=None, help="official SAM checkpoint (sam backend)")
     p.add_argument("--model-type", default="vit_b", choices=["vit_b", "vit_l", "vit_h"])

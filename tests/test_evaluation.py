@@ -223,3 +223,17 @@ def test_paper_table_runs_cells_writes_the_table_and_resumes(paper_table, tmp_pa
     before = (out / "table.csv").read_text()
     assert paper_table.main(argv + ["--launcher", str(tmp_path / "no-such-python")]) == 0
     assert (out / "table.csv").read_text() == before
+
+
+def test_shapeworld_episodes_come_at_the_image_size_from_the_fold(tmp_path):
+    from prmagic_core.data import shapeworld
+
+    out = tmp_path / "results.csv"
+    code, summary, _ = run_cli("evaluate", "--backend", "tiny", "--baseline", "persam", "--episodes", "3", "--steps", "0",
+                               "--image-size", "64", "--fold", "3", "--device", "cpu", "--out", str(out), "--json")
+    assert code == 0 and summary["settings"]["image_size"] == 64 and summary["settings"]["fold"] == 3
+    assert {row["class"] for row in read_table(out)} <= set(shapeworld.novel_classes(3))
+    # Matcher with the shipped DINO-Tiny refuses a fold whose novel classes it was trained on
+    code, _, err = run_cli("evaluate", "--backend", "tiny", "--baseline", "matcher", "--episodes", "1",
+                           "--image-size", "64", "--fold", "3", "--device", "cpu")
+    assert code == 2 and "base classes" in err and len(err.strip().splitlines()) == 1

@@ -3,7 +3,7 @@
 Supervised, on what ShapeWorld's classes are made of: every patch token (after the final
 norm) is classified by three linear heads, the shape of the object it lies on (6 shapes or
 4 composites, or background), its texture (4, or background) and its part (8 part
-classes, or none); the mask-pooled tokens of each object (before the final norm: the
+classes, or none), background weighted down (``background_weight``); the mask-pooled tokens of each object (before the final norm: the
 features Matcher and the selector use) are pulled together across the batch when the
 objects share a class and pushed apart otherwise (supervised contrastive, temperature
 ``temperature``). Novel classes are new combinations of a shape and a texture that were
@@ -33,7 +33,7 @@ from .dino_tiny import DINO_TINY_CONFIG, build_dino_tiny
 from .training import _lr_factor, _save_atomic
 
 INPUT = DINO_TINY_CONFIG["img_size"]
-GRID = INPUT // DINO_TINY_CONFIG["patch_size"]
+GRID = INPUT // 2 ** len(DINO_TINY_CONFIG["stem_channels"])
 SHAPE_LABELS = ("background",) + shapeworld.SHAPES + tuple(shapeworld.COMPOSITES)
 TEXTURE_LABELS = ("background",) + shapeworld.TEXTURES
 PART_LABELS = ("none",) + shapeworld.PART_CLASSES
@@ -43,12 +43,13 @@ HEADS = {"shape": len(SHAPE_LABELS), "texture": len(TEXTURE_LABELS), "part": len
 @dataclass
 class DinoTrainConfig:
     fold: int = 0
-    steps: int = 500
-    scenes: int = 1200
+    steps: int = 200
+    scenes: int = 600
     batch: int = 32
-    lr: float = 2e-3
-    warmup: int = 40
+    lr: float = 1e-3
+    warmup: int = 20
     weight_decay: float = 0.05
+    background_weight: float = 0.2
     contrastive_weight: float = 0.5
     temperature: float = 0.1
     seed: int = 0
@@ -166,8 +167,12 @@ def instance_contrastive(tokens: torch.Tensor, instances: torch.Tensor, classes:
 def training_loss(model, heads, x, labels, classes, cfg: DinoTrainConfig) -> torch.Tensor:
     tokens = prenorm_tokens(model, x)
     normed = model.norm(tokens)
-    loss = sum(F.cross_entropy(head(normed).flatten(0, 1), labels[:, k].flatten())
-               for k, head in enumerate(heads.values()))
+    loss = 0
+    for k, (name, head) in enumerate(heads.items()):
+        # label 0 (background / no part) covers most patches: weighted down so objects are not drowned out
+        weight = torch.ones(HEADS[name])
+        weight[0] = cfg.background_weight
+        loss = loss + F.cross_entropy(head(normed).flatten(0, 1), labels[:, k].flatten(), weight=weight)
     return loss + cfg.contrastive_weight * instance_contrastive(tokens, labels[:, 3].flatten(1), classes,
                                                                 cfg.temperature)
 

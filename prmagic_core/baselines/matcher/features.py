@@ -66,18 +66,21 @@ def _dino_tiny(device: str):
     return load_dino_tiny(device=device)
 
 
-def matching_encoder(name: str | None, encoder: Encoder, dinov2_checkpoint=None):
-    """The encoder a matching baseline matches with, for SAM ``encoder``.
+def matching_encoder_name(name: str | None, on_tiny: bool, dinov2_checkpoint=None) -> str:
+    """``name``, or the default: ``dinov2`` when ``dinov2_checkpoint`` is given, else ``dino-tiny``
+    on SAM-Tiny; official SAM without a DINOv2 checkpoint is an error (that would not be Matcher)."""
+    if name is not None:
+        return name
+    if dinov2_checkpoint is None and not on_tiny:
+        raise ValueError("Matcher on official SAM matches with DINOv2 ViT-L/14: give dinov2_checkpoint")
+    return "dinov2" if dinov2_checkpoint is not None else "dino-tiny"
 
-    ``name`` None picks the default: ``dinov2`` when ``dinov2_checkpoint`` is given, else
-    ``dino-tiny`` on SAM-Tiny; official SAM without a DINOv2 checkpoint is an error (that
-    would not be Matcher).
-    """
+
+def matching_encoder(name: str | None, encoder: Encoder, dinov2_checkpoint=None):
+    """The encoder a matching baseline matches with, for SAM ``encoder`` (``name`` None: the default
+    of :func:`matching_encoder_name`)."""
     on_tiny = encoder.sam.image_encoder.img_size == TINY_CONFIG["img_size"]
-    if name is None:
-        if dinov2_checkpoint is None and not on_tiny:
-            raise ValueError("Matcher on official SAM matches with DINOv2 ViT-L/14: give dinov2_checkpoint")
-        name = "dinov2" if dinov2_checkpoint is not None else "dino-tiny"
+    name = matching_encoder_name(name, on_tiny, dinov2_checkpoint)
     if name == "dinov2":
         if dinov2_checkpoint is None:
             raise ValueError("matching encoder dinov2 needs dinov2_checkpoint (a local DINOv2 ViT-L/14 file)")
