@@ -97,7 +97,8 @@ def cmd_train_dino_tiny(args) -> int:
     from .models.training import write_card
 
     torch.set_num_threads(args.threads)
-    cfg = DinoTrainConfig(fold=args.fold, steps=args.steps, scenes=args.scenes, batch=args.batch, seed=args.seed)
+    cfg = DinoTrainConfig(fold=args.fold, steps=args.steps, scenes=args.scenes, batch=args.batch, seed=args.seed,
+                          contrastive_weight=args.contrastive_weight)
     out_dir = Path(args.out_dir)
     summary = train(cfg, out_dir, resume=args.resume)
     evaluation = evaluate_dino_tiny(load_dino_tiny(out_dir / "dino_tiny.pt"), episodes=args.eval_episodes,
@@ -268,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--scenes", type=int, default=600)
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--contrastive-weight", type=float, default=0.5, help="weight of the instance-contrastive term")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--resume", action="store_true")
@@ -290,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--matcher-variant", default="released", choices=["released", "transport"],
                    help="how the SAM-space step reaches Matcher's matching features")
     p.add_argument("--matching-encoder", default=None, choices=["dino-tiny", "sam-tiny", "dinov2"],
-                   help="what Matcher matches with (default: dinov2 with --dinov2-checkpoint, else dino-tiny)")
+                   help="what Matcher matches with (default: dinov2 with --dinov2-checkpoint, else sam-tiny)")
     p.add_argument("--dinov2-checkpoint", default=None,
                    help="Matcher on the sam backend: a local DINOv2 ViT-L/14 checkpoint")
     p.add_argument("--backend", default="tiny", choices=["tiny", "sam"])

@@ -1,7 +1,7 @@
 """Matcher (Liu et al., ICLR 2024) as a PR-MaGIC baseline; see :mod:`.prompter` for the whole picture.
 
-    Matcher("fss", variant="released")                                  # SAM-Tiny: DINO-Tiny matches
-    Matcher("fss", matching="sam-tiny")                                 # SAM-Tiny: its own features match
+    Matcher("fss", variant="released")                                  # SAM-Tiny: its own features match
+    Matcher("fss", matching="dino-tiny")                                # SAM-Tiny: DINO-Tiny matches
     Matcher("coco", variant="transport", dinov2_checkpoint="dinov2_vitl14_pretrain.pth")
 """
 from .features import MATCHING_ENCODERS, matching_encoder

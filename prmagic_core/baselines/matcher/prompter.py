@@ -32,7 +32,7 @@ Where this differs from Matcher's release, and why:
 - an empty support mask is an error (the release silently fills a centre square); an empty
   candidate gets emd score 0 (the release scores it as if it covered the whole image); the
   best-scored candidate always joins the union (see :func:`.scoring.merge_choice`);
-- on SAM-Tiny the matching features are DINO-Tiny's (or SAM-Tiny's own, by name, see
+- on SAM-Tiny the matching features are SAM-Tiny's own or DINO-Tiny's, by name (see
   :mod:`.features`) and the subsets per size are capped by the preset (:mod:`.presets`).
 """
 from __future__ import annotations
@@ -230,7 +230,7 @@ class Matcher(Baseline):
     ``variant``: how a PR-MaGIC step reaches the matching features (``released`` or
     ``transport``, see :mod:`.steps`); ``matching``: the name of the matching encoder
     (``dino-tiny``, ``sam-tiny``, ``dinov2``; None: DINOv2 when ``dinov2_checkpoint`` is
-    given, else DINO-Tiny on SAM-Tiny, see :func:`.features.matching_encoder`);
+    given, else :data:`.features.TINY_DEFAULT` on SAM-Tiny, see :func:`.features.matching_encoder`);
     ``dinov2_checkpoint``: the local DINOv2 ViT-L/14 weights, loaded on first use onto the
     SAM's device.
     """
