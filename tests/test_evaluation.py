@@ -27,9 +27,9 @@ from prmagic_core.models.encoding import Encoder
 
 ROOT = Path(prmagic_core.__file__).parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-# Few iterations of PerSAM-F's fit: the plumbing is under test, and 1000 cost seconds per episode.
+# Few iterations of PerSAM-F's fit and SAM-Tiny's own input size: the plumbing is under test.
 TINY_RUN = ["evaluate", "--backend", "tiny", "--baseline", "persam_f", "--episodes", "6", "--steps", "1",
-            "--persam-f-iters", "20", "--device", "cpu"]
+            "--persam-f-iters", "20", "--image-size", "128", "--device", "cpu"]
 
 
 def run_cli(*argv) -> tuple[int, dict | None, str]:
