@@ -102,12 +102,53 @@ def cmd_evaluate_tiny(args) -> int:
     from .models.quality import evaluate_tiny
 
     sam = load_sam("tiny", args.checkpoint)
-    result = evaluate_tiny(sam, episodes=args.episodes, seed=args.seed, progress=not args.json)
+    result = evaluate_tiny(sam, episodes=args.episodes, seed=args.seed, size=args.image_size, progress=not args.json)
     if args.json:
         _print_json_last(result)
     else:
         for key in ("point_miou", "part_point_miou", "box_miou"):
-            print(f"{key:>16}: {result[key]:.4f}   ({result['metric']}, {args.episodes} episodes, seed {args.seed})")
+            print(f"{key:>16}: {result[key]:.4f}   ({result['metric']}, {args.episodes} episodes of "
+                  f"{result['image_size']} px, seed {args.seed})")
+    return 0
+
+
+def cmd_train_dino_tiny(args) -> int:
+    """Train DINO-Tiny on a fold's base classes, evaluate it on the fold's novel classes, write its card."""
+    import torch
+
+    from .models.dino_quality import evaluate_dino_tiny
+    from .models.dino_tiny import load_dino_tiny
+    from .models.dino_training import DinoTrainConfig, train
+    from .models.training import write_card
+
+    torch.set_num_threads(args.threads)
+    cfg = DinoTrainConfig(fold=args.fold, steps=args.steps, scenes=args.scenes, batch=args.batch, seed=args.seed,
+                          contrastive_weight=args.contrastive_weight)
+    out_dir = Path(args.out_dir)
+    summary = train(cfg, out_dir, resume=args.resume)
+    evaluation = evaluate_dino_tiny(load_dino_tiny(out_dir / "dino_tiny.pt"), episodes=args.eval_episodes,
+                                    fold=args.fold, size=args.image_size)
+    command = "prmagic " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["train-dino-tiny"] else "prmagic train-dino-tiny"
+    card = write_card(out_dir / "dino_tiny.json", summary, evaluation, command, architecture="dino-tiny")
+    print(json.dumps(card["evaluation"]))
+    return 0
+
+
+def cmd_evaluate_dino_tiny(args) -> int:
+    import torch
+
+    from .models.dino_quality import evaluate_dino_tiny
+    from .models.dino_tiny import load_dino_tiny
+
+    torch.set_num_threads(args.threads)
+    result = evaluate_dino_tiny(load_dino_tiny(args.checkpoint), episodes=args.episodes, fold=args.fold,
+                                seed=args.seed, size=args.image_size, progress=not args.json)
+    if args.json:
+        _print_json_last(result)
+    else:
+        for key in ("novel_class_accuracy", "patch_foreground_match"):
+            print(f"{key:>24}: {result[key]:.4f}   ({args.episodes} novel-class episodes of fold {args.fold}, "
+                  f"{args.image_size} px, seed {args.seed})")
     return 0
 
 
@@ -116,7 +157,8 @@ def _load_episodes(args, size: int):
     if args.dataset == "shapeworld" and args.data is None:
         from .data import shapeworld
 
-        return shapeworld.episodes(args.episodes or 100, seed=args.seed, kind=args.kind, shots=args.shots, size=size)
+        return shapeworld.episodes(args.episodes or 100, seed=args.seed, kind=args.kind, shots=args.shots, size=size,
+                                   fold=args.fold)
     from .data.sources import load_source
 
     if args.data is not None:
@@ -136,6 +178,23 @@ def looks_like_shapeworld(args, episodes) -> bool:
     return all(episode.query_image.shape[:2] == (128, 128) for episode in episodes)
 
 
+def _check_unseen_by_dino_tiny(args) -> None:
+    """ShapeWorld episodes must come from the fold whose novel classes the shipped DINO-Tiny never saw."""
+    from .baselines.matcher.features import matching_encoder_name
+
+    if args.baseline != "matcher" or args.dataset != "shapeworld" or args.data is not None:
+        return
+    if matching_encoder_name(args.matching_encoder, args.backend == "tiny", args.dinov2_checkpoint) != "dino-tiny":
+        return
+    from .models.dino_tiny import DINO_TINY_CARD
+
+    trained = json.loads(DINO_TINY_CARD.read_text())["config"]["fold"] if DINO_TINY_CARD.is_file() else 0
+    if args.fold != trained:
+        raise ValueError(f"--fold {args.fold}: the shipped DINO-Tiny was trained on fold {trained}'s base classes, "
+                         f"which include fold {args.fold}'s novel classes; use --fold {trained} "
+                         "or --matching-encoder sam-tiny")
+
+
 def cmd_evaluate(args) -> int:
     from . import distributed
     from .baselines import make_baseline, task_kind
@@ -153,6 +212,7 @@ def cmd_evaluate(args) -> int:
         raise ValueError("--backend sam needs --checkpoint PATH to an official SAM checkpoint")
     if args.persam_f_iters < 1:
         raise ValueError(f"--persam-f-iters must be at least 1, got {args.persam_f_iters}")
+    _check_unseen_by_dino_tiny(args)
     overrides = {"resampling": args.resampling, "point_order": "row_col" if args.released_point_order else None,
                  **parse_assignments(args.set)}
     preset = get_preset(args.preset).override(**overrides)
@@ -160,8 +220,7 @@ def cmd_evaluate(args) -> int:
     try:
         sam = load_sam(model_type, args.checkpoint, device=str(device))
         # --episode-seed samples the episodes; --seed drives PR-MaGIC's noise only
-        episodes = _load_episodes(argparse.Namespace(**{**vars(args), "seed": args.episode_seed}),
-                                  sam.image_encoder.img_size)
+        episodes = _load_episodes(argparse.Namespace(**{**vars(args), "seed": args.episode_seed}), args.image_size)
         benchmark = None if args.data else args.dataset
         kind = task_kind(kind_of(episodes, args.kind), benchmark, preset)
         if args.backend == "tiny" and not looks_like_shapeworld(args, episodes):
@@ -171,19 +230,20 @@ def cmd_evaluate(args) -> int:
                           reduction=args.reduction, grad_at=args.grad_at, divergence=args.divergence)
         baseline = make_baseline(args.baseline, kind=kind, train_iters=args.persam_f_iters,
                                  variant=args.matcher_variant, dinov2_checkpoint=args.dinov2_checkpoint,
-                                 settings=preset, benchmark=benchmark)
+                                 settings=preset, benchmark=benchmark, matching_encoder=args.matching_encoder)
         baseline_settings = {}
         if args.baseline == "persam_f":
             baseline_settings = {"persam_f_iters": args.persam_f_iters, "persam_f_points": baseline.points}
         elif args.baseline == "matcher":
             baseline_settings = {"matcher_variant": args.matcher_variant, "matcher_preset": baseline.preset.name,
-                                 "dinov2_checkpoint": str(args.dinov2_checkpoint or "")}
+                                 "dinov2_checkpoint": str(args.dinov2_checkpoint or ""),
+                                 "matching_encoder": baseline.matching_encoder(Encoder(sam)).name}
         limit = min(len(episodes), args.episodes or len(episodes))
         settings = dict(
             baseline=args.baseline, backend=args.backend, model_type=model_type,
             checkpoint=str(args.checkpoint) if args.checkpoint else "shipped tiny weights",
             dataset="folder" if args.data else args.dataset, data=str(args.data or args.data_root or ""),
-            kind=kind, fold=args.fold, shots=args.shots, episodes=limit, episode_seed=args.episode_seed,
+            kind=kind, fold=args.fold, image_size=args.image_size, shots=args.shots, episodes=limit, episode_seed=args.episode_seed,
             steps=args.steps, selector=args.selector, seed=args.seed, preset=preset.name,
             preset_settings=preset.as_dict(), **baseline_settings, **flow.as_dict(),
         )
@@ -268,16 +328,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="default: the shipped weights")
     p.add_argument("--episodes", type=int, default=200, help="held-out episodes of each kind")
     p.add_argument("--seed", type=int, default=1000, help="evaluation seed (never shared with training scenes)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="render size of the episodes (default: SAM-Tiny's input, 128; SAM resizes any size to it)")
     p.add_argument("--json", action="store_true", help="last line: a JSON object with the numbers")
     p.set_defaults(func=cmd_evaluate_tiny)
+
+    p = sub.add_parser("train-dino-tiny", help="train DINO-Tiny on a ShapeWorld fold's base classes (--resume)")
+    p.add_argument("--out-dir", default="runs/train-dino-tiny", help="checkpoints, weights and their card")
+    p.add_argument("--fold", type=int, default=0, help="train on this fold's base classes only")
+    p.add_argument("--steps", type=int, default=200, help="optimiser steps")
+    p.add_argument("--scenes", type=int, default=600, help="pre-drawn ShapeWorld training scenes")
+    p.add_argument("--batch", type=int, default=32, help="scenes per step")
+    p.add_argument("--contrastive-weight", type=float, default=0.5, help="weight of the instance-contrastive term")
+    p.add_argument("--seed", type=int, default=0, help="scenes, initialisation and batches")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out-dir")
+    p.add_argument("--eval-episodes", type=int, default=300, help="held-out novel-class episodes for the card")
+    p.add_argument("--image-size", type=int, default=512, help="evaluation episodes' render size")
+    p.set_defaults(func=cmd_train_dino_tiny)
+
+    p = sub.add_parser("evaluate-dino-tiny", help="DINO-Tiny's class accuracy and patch matching on novel classes")
+    p.add_argument("--checkpoint", default=None, help="default: the shipped weights")
+    p.add_argument("--fold", type=int, default=0, help="episodes of this fold's novel classes")
+    p.add_argument("--episodes", type=int, default=300, help="held-out novel-class episodes")
+    p.add_argument("--seed", type=int, default=1000, help="evaluation seed (never shared with training scenes)")
+    p.add_argument("--image-size", type=int, default=512, help="episodes' render size")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--json", action="store_true", help="last line: a JSON object with the numbers")
+    p.set_defaults(func=cmd_evaluate_dino_tiny)
 
     p = sub.add_parser("evaluate", help="B / T / O of a baseline with PR-MaGIC over episodes")
     p.add_argument("--baseline", default="persam_f", choices=["persam", "persam_f", "matcher"],
                    help="the few-shot segmenter PR-MaGIC wraps")
     p.add_argument("--matcher-variant", default="released", choices=["released", "transport"],
                    help="how the SAM-space step reaches Matcher's matching features")
+    p.add_argument("--matching-encoder", default=None, choices=["dino-tiny", "sam-tiny", "dinov2"],
+                   help="what Matcher matches with (default: dinov2 with --dinov2-checkpoint, else sam-tiny)")
     p.add_argument("--dinov2-checkpoint", default=None,
-                   help="Matcher on the sam backend: a local DINOv2 ViT-L/14 checkpoint (pip install '.[matcher-sam]')")
+                   help="Matcher on the sam backend: a local DINOv2 ViT-L/14 checkpoint")
     p.add_argument("--backend", default="tiny", choices=["tiny", "sam"],
                    help="tiny: the shipped SAM-Tiny (knows only ShapeWorld); sam: an official checkpoint")
     p.add_argument("--checkpoint", default=None, help="official SAM checkpoint (sam backend)")
@@ -289,8 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None,
                    help="the folder that holds episode folders (<DIR>/<episode>/support.jpg, support_mask.png, query.jpg)")
     p.add_argument("--data-root", default=None, help="root of a benchmark's standard layout")
-    p.add_argument("--fold", type=int, default=0, help="benchmark fold")
+    p.add_argument("--fold", type=int, default=0,
+                   help="a benchmark's fold; ShapeWorld: episodes of this fold's novel classes only")
     p.add_argument("--kind", default="object", choices=["object", "part"], help="ShapeWorld episodes")
+    p.add_argument("--image-size", type=int, default=512, help="ShapeWorld episodes' render size (SAM resizes it)")
     p.add_argument("--shots", type=int, default=1, help="support images per episode")
     p.add_argument("--episodes", type=int, default=None, help="ShapeWorld: how many (default 100); others: at most")
     p.add_argument("--steps", type=int, default=5, help="refinement steps T (T + 1 candidates)")

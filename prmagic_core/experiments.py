@@ -51,6 +51,7 @@ from .evaluation import EPISODE_ERRORS, episode_ids, episode_seed
 from .flow import FlowConfig
 from .metrics import episode_counts
 from .push import ARMS, push
+from .models.dino_tiny import DINO_TINY_WEIGHTS
 from .refine import DecodeMemo, refine
 from .results import ResultsFile
 from .pipeline import select_final
@@ -73,14 +74,16 @@ class Setup:
     ``backend="sam"``: an official checkpoint of ``model_type`` (``checkpoint`` required).
     ``dataset``: ``shapeworld`` (``kind`` object or part), ``folder`` (``data_root`` a folder of
     episodes) or a benchmark of :mod:`prmagic_core.data.benchmarks` (``data_root`` its root).
-    ``dinov2_checkpoint``: DINOv2 ViT-L/14 weights for Matcher on official SAM (on SAM-Tiny
-    Matcher matches SAM features and needs none).
+    ``dinov2_checkpoint``: DINOv2 ViT-L/14 weights for Matcher on official SAM.
+    ``matching_encoder``: what Matcher matches with (None: DINOv2 with a checkpoint, else
+    DINO-Tiny on SAM-Tiny; ``sam-tiny`` shows what the semantic encoder changes).
     """
 
     backend: str = "tiny"
     checkpoint: str | None = None
     model_type: str = "vit_b"
     dinov2_checkpoint: str | None = None
+    matching_encoder: str | None = None
     dataset: str = "shapeworld"
     data_root: str | None = None
     kind: str = "object"
@@ -395,6 +398,8 @@ class Lab:
             "table_version": TABLE_VERSION, "backend": s.backend, "model_type": s.sam_type,
             "weights_sha1": file_sha1(self.weights), "code_sha1": source_sha1(),
             "dinov2_sha1": file_sha1(s.dinov2_checkpoint) if s.dinov2_checkpoint else None, "dataset": s.dataset,
+            "matching_encoder": s.matching_encoder,
+            "dino_tiny_sha1": file_sha1(DINO_TINY_WEIGHTS) if DINO_TINY_WEIGHTS.is_file() else None,
             "data_root": str(s.data_root) if s.data_root else None, "kind": self.kind, "fold": s.fold,
             "shots": s.shots, "data_seed": s.data_seed, "image_size": self.image_size,
             "device": self.device.type, **sweep.table_settings(),
@@ -411,7 +416,8 @@ class Lab:
         if key not in self._baselines:
             self._baselines[key] = make_baseline(name, kind=kind, released_point_order=released_point_order,
                                                  dinov2_checkpoint=self.setup.dinov2_checkpoint,
-                                                 settings=preset, benchmark=self.setup.dataset)
+                                                 settings=preset, benchmark=self.setup.dataset,
+                                                 matching_encoder=self.setup.matching_encoder)
         return self._baselines[key]
 
     def prepare(self, baseline: str, episode, released_point_order: bool = False, preset: str = "release"):

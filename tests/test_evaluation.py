@@ -27,9 +27,9 @@ from prmagic_core.models.encoding import Encoder
 
 ROOT = Path(prmagic_core.__file__).parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-# Few iterations of PerSAM-F's fit: the plumbing is under test, and 1000 cost seconds per episode.
+# Few iterations of PerSAM-F's fit and SAM-Tiny's own input size: the plumbing is under test.
 TINY_RUN = ["evaluate", "--backend", "tiny", "--baseline", "persam_f", "--episodes", "6", "--steps", "1",
-            "--persam-f-iters", "20", "--device", "cpu"]
+            "--persam-f-iters", "20", "--image-size", "128", "--device", "cpu"]
 
 
 def run_cli(*argv) -> tuple[int, dict | None, str]:
@@ -223,3 +223,17 @@ def test_paper_table_runs_cells_writes_the_table_and_resumes(paper_table, tmp_pa
     before = (out / "table.csv").read_text()
     assert paper_table.main(argv + ["--launcher", str(tmp_path / "no-such-python")]) == 0
     assert (out / "table.csv").read_text() == before
+
+
+def test_shapeworld_episodes_come_at_the_image_size_from_the_fold(tmp_path):
+    from prmagic_core.data import shapeworld
+
+    out = tmp_path / "results.csv"
+    code, summary, _ = run_cli("evaluate", "--backend", "tiny", "--baseline", "persam", "--episodes", "3", "--steps", "0",
+                               "--image-size", "64", "--fold", "3", "--device", "cpu", "--out", str(out), "--json")
+    assert code == 0 and summary["settings"]["image_size"] == 64 and summary["settings"]["fold"] == 3
+    assert {row["class"] for row in read_table(out)} <= set(shapeworld.novel_classes(3))
+    # Matcher with the shipped DINO-Tiny refuses a fold whose novel classes it was trained on
+    code, _, err = run_cli("evaluate", "--backend", "tiny", "--baseline", "matcher", "--matching-encoder",
+                           "dino-tiny", "--episodes", "1", "--image-size", "64", "--fold", "3", "--device", "cpu")
+    assert code == 2 and "base classes" in err and len(err.strip().splitlines()) == 1

@@ -195,7 +195,7 @@ def tiny_prompters(random_tiny, two_episodes):
     episode = two_episodes[0]
     encoder = Encoder(random_tiny)
     # principled: the raw step injection and the best candidate's low-res logits these tests read
-    return {variant: Matcher("fss", variant, settings="principled").prepare(
+    return {variant: Matcher("fss", variant, settings="principled", matching="sam-tiny").prepare(
                 encoder, episode.support_images, episode.support_masks, episode.query_image)
             for variant in ("released", "transport")}
 
@@ -236,7 +236,7 @@ def test_refine_is_deterministic_for_a_fixed_seed(random_tiny, two_episodes):
     for episode in two_episodes:
         runs = []
         for _ in range(2):
-            prompter = Matcher(few_subsets, "transport").prepare(encoder, episode.support_images,
+            prompter = Matcher(few_subsets, "transport", matching="sam-tiny").prepare(encoder, episode.support_images,
                                                                  episode.support_masks, episode.query_image)
             runs.append(refine(prompter, steps=2, flow=flow, generator=torch.Generator().manual_seed(7)))
         first, second = runs
@@ -279,7 +279,7 @@ def test_make_baseline_picks_the_task_preset_and_checks_names():
 def test_official_sam_without_dinov2_is_an_error():
     official = SimpleNamespace(sam=SimpleNamespace(image_encoder=SimpleNamespace(img_size=1024)))
     with pytest.raises(ValueError, match="DINOv2"):
-        Matcher().features(official)
+        Matcher().matching_encoder(official)
 
 
 SMALL_DINOV2 = "vit_small_patch14_dinov2.lvd142m"
@@ -345,3 +345,53 @@ def test_dinov2_matching_on_sam_tiny_runs_through_the_loop(random_tiny, two_epis
     trajectory = refine(prompter, steps=1, flow=FlowConfig(eta=1e-1), generator=torch.Generator().manual_seed(0))
     assert len(trajectory.candidates) == 2
     assert all(c.shape == episode.query_image.shape[:2] for c in trajectory.candidates)
+
+
+# ---------------------------------------------------------------- the matching encoder seam
+
+@pytest.fixture
+def random_dino_tiny(monkeypatch):
+    from prmagic_core.baselines.matcher import features
+    from prmagic_core.models.dino_tiny import build_dino_tiny
+
+    torch.manual_seed(0)
+    model = build_dino_tiny().eval()
+    monkeypatch.setattr(features, "_dino_tiny", lambda device: model)
+    return model
+
+
+def test_on_sam_tiny_matcher_matches_with_dino_tiny_by_name(random_tiny, two_episodes, random_dino_tiny):
+    episode = two_episodes[0]
+    encoder = Encoder(random_tiny)
+    few_subsets = dataclasses.replace(PRESETS["fss"], tiny_subsets_per_size=2)
+    assert Matcher(few_subsets).matching_encoder(encoder).name == "sam-tiny"  # until DINO-Tiny meets its bar
+    matcher = Matcher(few_subsets, matching="dino-tiny")
+    assert matcher.matching_encoder(encoder).name == "dino-tiny"
+    prompter = matcher.prepare(encoder, episode.support_images, episode.support_masks, episode.query_image)
+    assert prompter.query_tokens.tokens.shape == (64, 16, 16)
+    step = 1e-2 * torch.randn_like(prompter.z0)  # released: SAM channel c onto DINO-Tiny channel c, 32x32 -> 16x16
+    expected = F.interpolate(step, (16, 16), mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(prompter.step_map(step), expected)
+    trajectory = refine(prompter, steps=1, flow=FlowConfig(eta=1e-1), generator=torch.Generator().manual_seed(0))
+    assert all(c.shape == episode.query_image.shape[:2] for c in trajectory.candidates)
+
+
+def test_pooled_matching_features_are_token_means(random_tiny, two_episodes, random_dino_tiny):
+    from prmagic_core.baselines.matcher import matching_encoder
+    from prmagic_core.models.dinov2 import patch_tokens
+
+    encoder = Encoder(random_tiny)
+    images = [two_episodes[0].query_image, two_episodes[1].query_image]
+
+    def pooled(name):
+        encoded = matching_encoder(name, encoder).selector_encoder(encoder).encode_many(images)
+        return torch.stack([e.embedding[0].mean(dim=(1, 2)) for e in encoded])
+
+    torch.testing.assert_close(pooled("sam-tiny")[1], encoder.encode(images[1]).embedding[0].mean(dim=(1, 2)))
+    dino_pooled = pooled("dino-tiny")
+    assert dino_pooled.shape == (2, 64)
+    torch.testing.assert_close(dino_pooled[0], patch_tokens(random_dino_tiny, images[0]).mean(dim=(1, 2)))
+    with pytest.raises(ValueError, match="matching encoder"):
+        Matcher(matching="clip")
+    with pytest.raises(ValueError, match="dinov2_checkpoint"):
+        matching_encoder("dinov2", encoder)

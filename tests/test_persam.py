@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from prmagic_core.baselines.persam import (
+    BAND_QUANTILES,
     PerSAM,
     PerSAMF,
     attention_bias,
@@ -144,3 +145,20 @@ def test_empty_support_mask_falls_back_to_all_features_under_release(encoder, ep
     features = encoder.encode(episode.support_images[0]).embedding[0].flatten(1).T
     expected = (features.max(0).values + features.mean(0)) / 2
     torch.testing.assert_close(prompter.target.embedding, expected)
+
+
+def test_quantile_bands_at_512_px_hold_what_the_releases_hold_at_518():
+    """The release evaluates at 518 x 518: its (nested) bands S >= q hold 518^2 (1 - q) pixels, about
+    3 and 27. A 512-px ShapeWorld episode through SAM-Tiny (resized to its 128-px input) must come within 2x."""
+    from prmagic_core.models.loading import load_sam
+
+    episode = episodes(1, seed=0, size=512)[0]
+    prompter = prepare(PerSAM(), Encoder(load_sam("tiny")), episode)
+    similarity = prompter.similarity(prompter.query.embedding)
+    assert similarity.shape == (512, 512)
+    upper, lower = BAND_QUANTILES
+    flat = similarity.detach().flatten().float()
+    released = {"band 1": 518**2 * (1 - upper), "band 2": 518**2 * (1 - lower)}
+    found = {band: int((flat >= torch.quantile(flat, q)).sum()) for band, q in (("band 1", upper), ("band 2", lower))}
+    for band, pixels in found.items():
+        assert released[band] / 2 <= pixels <= 2 * released[band], (band, pixels, released[band])

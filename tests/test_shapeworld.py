@@ -103,3 +103,59 @@ def test_episode_rejects_bad_images_and_masks():
         Episode((image.astype(np.float32),), (mask,), image, mask, "x")
     with pytest.raises(ValueError, match="shape"):
         Episode((image,), (mask[:16],), image, mask, "x")
+
+
+def test_folds_partition_the_classes_like_coco20i():
+    novel_by_fold = [set(shapeworld.novel_classes(k)) for k in range(shapeworld.FOLDS)]
+    shape_texture = [n & set(shapeworld.OBJECT_CLASSES) for n in novel_by_fold]
+    assert [len(n) for n in shape_texture] == [6] * 4
+    assert set().union(*shape_texture) == set(shapeworld.OBJECT_CLASSES)  # each class novel in exactly one fold
+    for fold, novel in enumerate(novel_by_fold):
+        base = set(shapeworld.base_classes(fold))
+        assert not base & novel and base | novel == set(shapeworld.ALL_CLASSES)
+        # every shape and every texture stays among the base classes: only their combinations are new
+        assert {c.split("-")[1] for c in base if "-" in c} == set(shapeworld.SHAPES)
+        assert {c.split("-")[0] for c in base if "-" in c} == set(shapeworld.TEXTURES)
+        parts = shapeworld.novel_classes(fold, "part")
+        (composite,) = novel - set(shapeworld.OBJECT_CLASSES)
+        assert len(parts) == 2 and all(p.startswith(composite + "/") for p in parts)
+    assert sorted(sum((shapeworld.novel_classes(k, "part") for k in range(4)), ())) == sorted(shapeworld.PART_CLASSES)
+
+
+@pytest.mark.parametrize("kind", ["object", "part"])
+def test_fold_episodes_pose_only_novel_classes(kind):
+    eps = shapeworld.episodes(16, seed=0, kind=kind, fold=2, size=64)
+    assert {e.class_name for e in eps} <= set(shapeworld.novel_classes(2, kind))
+    assert len({e.class_name for e in eps}) >= 2
+    assert all("-f2-" in e.name for e in eps)
+    unfolded = shapeworld.episodes(16, seed=0, kind=kind, size=64)
+    assert {e.name for e in eps}.isdisjoint(e.name for e in unfolded)
+
+
+def test_fold_training_scenes_hold_base_classes_only():
+    novel_objects = set(shapeworld.novel_classes(1))
+    novel_parts = set(shapeworld.novel_classes(1, "part"))
+    seen = set()
+    for scene in shapeworld.training_scenes(40, seed=0, size=64, fold=1):
+        seen |= {o.name for o in scene.objects} | {p.name for p in scene.parts}
+    assert not seen & (novel_objects | novel_parts)
+    assert len(seen) > 15
+
+
+@pytest.mark.parametrize("fold", [-1, 4, 1.5])
+def test_bad_fold(fold):
+    with pytest.raises(ValueError, match="fold"):
+        shapeworld.episodes(1, fold=fold)
+
+
+def test_textures_scale_with_the_image():
+    """A 256-px render has the same number of stripes across an object as a 128-px one: the
+    fraction of horizontally adjacent pixel pairs that differ halves when the size doubles."""
+    def edge_rate(size):
+        place = shapeworld._Placement("stripes-square", (size / 2, size / 2), 0.3 * size, 0.0)
+        scene = shapeworld._render(np.random.default_rng(0), size, [place])
+        step = np.abs(np.diff(scene.image.astype(float), axis=1)).sum(-1)
+        mask = scene.objects[0].mask
+        return (step[mask[:, 1:] & mask[:, :-1]] > 90).mean()
+
+    assert 0.3 < edge_rate(256) / edge_rate(128) < 0.7

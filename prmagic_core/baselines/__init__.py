@@ -17,10 +17,11 @@ def task_kind(kind: str, benchmark: str | None, settings: Preset) -> str:
 
 def make_baseline(name: str, kind: str = "object", released_point_order: bool = False, train_iters: int = 1000,
                   variant: str = "released", dinov2_checkpoint=None, matcher_preset: str | None = None,
-                  settings: Preset | str | None = None, benchmark: str | None = None) -> Baseline:
+                  settings: Preset | str | None = None, benchmark: str | None = None,
+                  matching_encoder: str | None = None) -> Baseline:
     """A baseline by name with the paper's per-task settings, behaving as the preset ``settings``
     (default ``release``) says; ``benchmark`` picks Matcher's per-benchmark settings (``matcher_preset``
-    names one outright)."""
+    names one outright; ``matching_encoder`` the features Matcher matches with)."""
     settings = get_preset(settings)
     kind = task_kind(kind, benchmark, settings)
     if name == "persam":
@@ -30,7 +31,7 @@ def make_baseline(name: str, kind: str = "object", released_point_order: bool = 
                        settings=settings)
     if name == "matcher":
         return Matcher(matcher_preset or settings_preset(settings.matcher_settings, kind, benchmark), variant=variant,
-                       dinov2_checkpoint=dinov2_checkpoint, settings=settings)
+                       dinov2_checkpoint=dinov2_checkpoint, settings=settings, matching=matching_encoder)
     raise ValueError(f"unknown baseline {name!r}; expected one of {', '.join(BASELINES)}")
 
 

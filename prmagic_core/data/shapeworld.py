@@ -9,6 +9,13 @@ Seeds: every scene draws from ``np.random.default_rng([stream, seed, index])`` w
 ``stream = 0`` for training scenes (:func:`training_scenes`) and ``stream = 1`` for
 evaluation episodes (:func:`episodes`), so the two never share a scene whatever seeds
 are passed.
+
+Folds (:func:`novel_classes`), in the style of COCO-20i: fold k holds out 6 of the 24
+shape x texture classes, one per shape, texture (shape + k) mod 4 (a Latin square: every
+class is novel in exactly one fold, and every shape and texture stays among the base
+classes), and one composite with its 2 part classes. ``episodes(..., fold=k)`` poses only
+novel classes; ``training_scenes(..., fold=k)`` holds base classes only, distractors
+included, so a model trained on them never sees a novel class.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ from .episode import Episode
 
 TRAIN_STREAM = 0
 EVAL_STREAM = 1
+REFERENCE_SIZE = 128  # the size the scene constants were chosen at
 
 SHAPES = ("circle", "square", "triangle", "star", "hexagon", "cross")
 TEXTURES = ("stripes", "dots", "checks", "rings")
@@ -59,6 +67,30 @@ COMPOSITES = {
 }
 PART_CLASSES = tuple(sorted({f"{c}/{p.part}" for c, prims in COMPOSITES.items() for p in prims}))
 ALL_CLASSES = OBJECT_CLASSES + tuple(COMPOSITES)
+FOLDS = 4
+
+
+def _check_fold(fold) -> None:
+    if fold is not None and (int(fold) != fold or not 0 <= fold < FOLDS):
+        raise ValueError(f"fold must be None or an integer in 0..{FOLDS - 1}, got {fold!r}")
+
+
+def novel_classes(fold: int, kind: str = "object") -> tuple:
+    """The classes fold ``fold`` holds out: ``object`` 6 shape x texture classes and one composite,
+    ``part`` that composite's 2 part classes."""
+    _check_fold(fold)
+    _check_args(1, 32, 1, kind)
+    composite = tuple(COMPOSITES)[fold]
+    if kind == "part":
+        return tuple(c for c in PART_CLASSES if c.startswith(composite + "/"))
+    shape_texture = tuple(f"{TEXTURES[(s + fold) % len(TEXTURES)]}-{shape}" for s, shape in enumerate(SHAPES))
+    return shape_texture + (composite,)
+
+
+def base_classes(fold: int, kind: str = "object") -> tuple:
+    """Every class of ``kind`` that fold ``fold`` does not hold out."""
+    novel = novel_classes(fold, kind)
+    return tuple(c for c in (ALL_CLASSES if kind == "object" else PART_CLASSES) if c not in novel)
 
 
 def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -153,31 +185,48 @@ class _Placement:
     angle: float
 
 
+def _window(place: _Placement, size: int) -> tuple:
+    """Row and column slices of the image that hold every pixel the placement can cover."""
+    reach = max(max(abs(p.offset[0]) + p.scale[0], abs(p.offset[1]) + p.scale[1]) for p in _primitives(place.name))
+    half = np.sqrt(2.0) * 1.1 * reach * place.radius + 2  # a rotated frame; shapes reach 1.04 of their scale
+    (x0, x1), (y0, y1) = ((int(max(0, np.floor(c - half))), int(min(size, np.ceil(c + half)))) for c in place.centre)
+    return slice(y0, y1), slice(x0, x1)
+
+
+def _primitive_layers(place: _Placement, rows: slice, cols: slice):
+    """(primitive, inside, a, b) per primitive over the window: its mask and the pixel coordinates
+    (a, b) of its own rotated frame, for the texture."""
+    yy, xx = np.mgrid[rows, cols].astype(np.float64) + 0.5
+    cos, sin = np.cos(place.angle), np.sin(place.angle)
+    dx, dy = xx - place.centre[0], yy - place.centre[1]
+    a, b = cos * dx + sin * dy, -sin * dx + cos * dy
+    for prim in _primitives(place.name):
+        pa = a - prim.offset[0] * place.radius
+        pb = b - prim.offset[1] * place.radius
+        inside = _shape_mask(prim.shape, pa / (prim.scale[0] * place.radius), pb / (prim.scale[1] * place.radius))
+        yield prim, inside, pa, pb
+
+
 def _render(rng: np.random.Generator, size: int, placements: list) -> Scene:
-    """Paint the placements in order (later ones occlude earlier ones)."""
+    """Paint the placements in order (later ones occlude earlier ones); each only over its window."""
     canvas = _background(rng, size)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
     owner = np.full((size, size), -1, dtype=np.int32)
     part_owner = np.full((size, size), -1, dtype=np.int32)
     part_names = []
     for index, place in enumerate(placements):
-        cos, sin = np.cos(place.angle), np.sin(place.angle)
-        dx, dy = xx - place.centre[0], yy - place.centre[1]
-        a, b = cos * dx + sin * dy, -sin * dx + cos * dy
-        period = rng.uniform(5.0, 8.0)
+        rows, cols = _window(place, size)
+        # textures scale with the image, so a 512-px render resized to 128 px looks like a 128-px one
+        period = rng.uniform(5.0, 8.0) * size / REFERENCE_SIZE
         part_ids = {}
-        for prim in _primitives(place.name):
-            pa = a - prim.offset[0] * place.radius
-            pb = b - prim.offset[1] * place.radius
-            inside = _shape_mask(prim.shape, pa / (prim.scale[0] * place.radius), pb / (prim.scale[1] * place.radius))
+        for prim, inside, pa, pb in _primitive_layers(place, rows, cols):
             if prim.part not in part_ids:
                 part_ids[prim.part] = (len(part_names), _colour_pair(rng))
                 part_names.append(f"{place.name}/{prim.part}" if place.name in COMPOSITES else place.name)
             pid, (c1, c2) = part_ids[prim.part]
-            pattern = _texture(prim.texture, pa, pb, period)
-            canvas[inside] = np.where(pattern[inside, None], c1, c2)
-            owner[inside] = index
-            part_owner[inside] = pid
+            pattern = _texture(prim.texture, pa[inside], pb[inside], period)
+            canvas[rows, cols][inside] = np.where(pattern[:, None], c1, c2)
+            owner[rows, cols][inside] = index
+            part_owner[rows, cols][inside] = pid
     canvas += rng.normal(0.0, 6.0, canvas.shape)
     image = np.clip(canvas, 0, 255).astype(np.uint8)
     objects = [Instance(p.name, owner == i) for i, p in enumerate(placements)]
@@ -187,27 +236,32 @@ def _render(rng: np.random.Generator, size: int, placements: list) -> Scene:
 
 def _full_area(name: str, radius: float, size: int) -> float:
     """Pixel area of an unoccluded instance: the target's visibility is measured against it."""
-    lone = _render(np.random.default_rng(0), size, [_Placement(name, (size / 2, size / 2), radius, 0.0)])
-    return float(lone.objects[0].mask.sum())
+    place = _Placement(name, (size / 2, size / 2), radius, 0.0)
+    union = None
+    for _, inside, _, _ in _primitive_layers(place, *_window(place, size)):
+        union = inside if union is None else union | inside
+    return float(union.sum())
 
 
-def _related(target: str, rng: np.random.Generator) -> list:
-    """Distractor candidates that share the target's shape or texture (its hardest confusers)."""
+def _related(target: str, rng: np.random.Generator, pool: tuple) -> list:
+    """Distractor candidates from ``pool`` that share the target's shape or texture (its hardest confusers)."""
     if target in COMPOSITES:
         textures = {p.texture for p in COMPOSITES[target]}
-        return [c for c in OBJECT_CLASSES if c.split("-")[0] in textures]
+        return [c for c in OBJECT_CLASSES if c in pool and c.split("-")[0] in textures]
     texture, shape = target.split("-")
-    same_shape = [c for c in OBJECT_CLASSES if c != target and c.endswith(f"-{shape}")]
-    same_texture = [c for c in OBJECT_CLASSES if c != target and c.startswith(f"{texture}-")]
+    same_shape = [c for c in OBJECT_CLASSES if c in pool and c != target and c.endswith(f"-{shape}")]
+    same_texture = [c for c in OBJECT_CLASSES if c in pool and c != target and c.startswith(f"{texture}-")]
     return [same_shape[rng.integers(len(same_shape))], same_texture[rng.integers(len(same_texture))]]
 
 
-def _scene_with(rng: np.random.Generator, target: str, size: int, min_visible: float = 0.6) -> Scene:
-    """A scene holding one instance of ``target`` (index 0 in ``objects`` order of drawing) and 1-4 distractors."""
-    others = [c for c in ALL_CLASSES if c != target]
+def _scene_with(rng: np.random.Generator, target: str, size: int, min_visible: float = 0.6,
+                pool: tuple = ALL_CLASSES) -> Scene:
+    """A scene holding one instance of ``target`` (index 0 in ``objects`` order of drawing) and 1-4
+    distractors drawn from ``pool``."""
+    others = [c for c in pool if c != target]
     for _ in range(100):
         n_distract = int(rng.integers(1, 5))
-        related = _related(target, rng)
+        related = _related(target, rng, pool)
         names = [related[i % len(related)] if rng.random() < 0.6 else others[rng.integers(len(others))]
                  for i in range(n_distract)]
         radius = rng.uniform(0.17, 0.28) * size if target in COMPOSITES else rng.uniform(0.12, 0.22) * size
@@ -254,18 +308,23 @@ def _check_args(n: int, size: int, shots: int, kind: str) -> None:
         raise ValueError(f"kind must be 'object' or 'part', got {kind!r}")
 
 
-def episode(seed: int, index: int, kind: str = "object", shots: int = 1, size: int = 128) -> Episode:
-    """The ``index``-th evaluation episode of ``seed`` (independent of how many are drawn)."""
+def episode(seed: int, index: int, kind: str = "object", shots: int = 1, size: int = 128,
+            fold: int | None = None) -> Episode:
+    """The ``index``-th evaluation episode of ``seed`` (independent of how many are drawn); with
+    ``fold``, of a class that fold holds out (distractors may be of any class, as in a real image)."""
     _check_args(1, size, shots, kind)
-    rng = np.random.default_rng([EVAL_STREAM, seed, index, 0 if kind == "object" else 1, shots, size])
-    if kind == "object":
-        class_name = ALL_CLASSES[rng.integers(len(ALL_CLASSES))]
-        holder = class_name
-    else:
-        class_name = PART_CLASSES[rng.integers(len(PART_CLASSES))]
-        holder = class_name.split("/")[0]
+    _check_fold(fold)
+    key = [EVAL_STREAM, seed, index, 0 if kind == "object" else 1, shots, size]
+    classes = ALL_CLASSES if kind == "object" else PART_CLASSES
+    if fold is not None:
+        key.append(fold)
+        classes = novel_classes(fold, kind)
+    rng = np.random.default_rng(key)
+    class_name = classes[rng.integers(len(classes))]
+    holder = class_name if kind == "object" else class_name.split("/")[0]
     scenes = [_scene_with(rng, holder, size) for _ in range(shots + 1)]
     masks = [_target_mask(s, class_name, kind) for s in scenes]
+    fold_tag = "" if fold is None else f"f{fold}-"
     return Episode(
         support_images=tuple(s.image for s in scenes[:shots]),
         support_masks=tuple(masks[:shots]),
@@ -273,22 +332,30 @@ def episode(seed: int, index: int, kind: str = "object", shots: int = 1, size: i
         query_mask=masks[-1],
         class_name=class_name,
         kind=kind,
-        name=f"shapeworld-{kind}-s{seed}-{index}",
+        name=f"shapeworld-{kind}-{fold_tag}s{seed}-{index}",
     )
 
 
-def episodes(n: int, seed: int = 0, kind: str = "object", shots: int = 1, size: int = 128) -> list:
-    """``n`` seeded evaluation episodes: same arguments, identical arrays."""
+def episodes(n: int, seed: int = 0, kind: str = "object", shots: int = 1, size: int = 128,
+             fold: int | None = None) -> list:
+    """``n`` seeded evaluation episodes (of fold ``fold``'s novel classes if given): same arguments, identical arrays."""
     _check_args(n, size, shots, kind)
-    return [episode(seed, i, kind, shots, size) for i in range(n)]
+    return [episode(seed, i, kind, shots, size, fold) for i in range(n)]
 
 
-def training_scenes(n: int, seed: int = 0, size: int = 128) -> list:
-    """``n`` seeded training scenes (2-5 random instances, composites included) from the training stream."""
+def training_scene(seed: int, index: int, size: int = 128, fold: int | None = None) -> Scene:
+    """The ``index``-th training scene of ``seed``: 2-5 random instances, composites included;
+    with ``fold``, every instance (distractors too) of a base class of that fold."""
+    _check_args(1, size, 1, "object")
+    _check_fold(fold)
+    key = [TRAIN_STREAM, seed, index, size] + ([] if fold is None else [fold])
+    pool = ALL_CLASSES if fold is None else base_classes(fold)
+    rng = np.random.default_rng(key)
+    target = pool[rng.integers(len(pool))]
+    return _scene_with(rng, target, size, min_visible=0.4, pool=pool)
+
+
+def training_scenes(n: int, seed: int = 0, size: int = 128, fold: int | None = None) -> list:
+    """``n`` seeded training scenes from the training stream (see :func:`training_scene`)."""
     _check_args(n, size, 1, "object")
-    scenes = []
-    for index in range(n):
-        rng = np.random.default_rng([TRAIN_STREAM, seed, index, size])
-        target = ALL_CLASSES[rng.integers(len(ALL_CLASSES))]
-        scenes.append(_scene_with(rng, target, size, min_visible=0.4))
-    return scenes
+    return [training_scene(seed, index, size, fold) for index in range(n)]

@@ -3,7 +3,7 @@
 The official ``dinov2_vitl14_pretrain.pth`` (the state dict Meta publishes) is loaded into
 timm's ``vit_large_patch14_dinov2.lvd142m`` built without pretrained weights at 518 px;
 timm's own checkpoint filter renames the official keys (and drops the unused mask token).
-Nothing is downloaded. ``timm`` is an optional dependency: ``pip install 'prmagic[matcher-sam]'``.
+Nothing is downloaded.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def _timm():
         import timm
         from timm.models.vision_transformer import checkpoint_filter_fn
     except ImportError:
-        raise ImportError("Matcher on official SAM needs timm for DINOv2: pip install 'prmagic[matcher-sam]'") from None
+        raise ImportError("Matcher on official SAM needs timm for DINOv2: pip install timm") from None
     return timm, checkpoint_filter_fn
 
 

@@ -33,12 +33,14 @@ def _box_iou(predictor: SamPredictor, truth: np.ndarray) -> float:
     return iou(masks[0], truth)
 
 
-def evaluate_tiny(sam: Sam, episodes: int = 100, seed: int = EVAL_SEED, progress: bool = False) -> dict:
-    """Point / part-point / box mean IoU of ``sam`` on ``episodes`` held-out episodes of each kind."""
+def evaluate_tiny(sam: Sam, episodes: int = 100, seed: int = EVAL_SEED, size: int | None = None,
+                  progress: bool = False) -> dict:
+    """Point / part-point / box mean IoU of ``sam`` on ``episodes`` held-out episodes of each kind,
+    rendered at ``size`` px (default: the model's input side; the predictor resizes any size to it)."""
     from tqdm.auto import tqdm
 
     predictor = SamPredictor(sam)
-    size = sam.image_encoder.img_size
+    size = size or sam.image_encoder.img_size
     scores = {"point_miou": [], "box_miou": [], "part_point_miou": []}
     for kind in ("object", "part"):
         for ep in tqdm(shapeworld.episodes(episodes, seed=seed, kind=kind, size=size), disable=not progress, desc=kind):
@@ -49,5 +51,5 @@ def evaluate_tiny(sam: Sam, episodes: int = 100, seed: int = EVAL_SEED, progress
             else:
                 scores["part_point_miou"].append(_point_iou(predictor, ep.query_mask))
     result = {k: round(float(np.mean(v)), 4) for k, v in scores.items()}
-    result.update(episodes=episodes, seed=seed, metric="mean IoU over episodes (fraction)")
+    result.update(episodes=episodes, seed=seed, image_size=size, metric="mean IoU over episodes (fraction)")
     return result

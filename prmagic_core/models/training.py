@@ -272,10 +272,13 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, progress: bool 
     return summary
 
 
-def write_card(path: Path, summary: dict, evaluation: dict, command: str) -> dict:
+def write_card(path: Path, summary: dict, evaluation: dict, command: str, architecture: str = "sam-tiny") -> dict:
     """The JSON card shipped beside the weights: how they were made and how good they are."""
+    from .dino_tiny import DINO_TINY_CONFIG
+
+    configs = {"sam-tiny": TINY_CONFIG, "dino-tiny": DINO_TINY_CONFIG}
     card = dict(command=command, seed=summary["config"]["seed"], steps=summary["steps"],
                 wall_seconds=summary["wall_seconds"], final_loss=summary["final_loss"],
-                config=summary["config"], architecture=TINY_CONFIG, evaluation=evaluation)
+                config=summary["config"], architecture=configs[architecture], evaluation=evaluation)
     Path(path).write_text(json.dumps(card, indent=2) + "\n")
     return card

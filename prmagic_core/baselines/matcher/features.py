@@ -1,34 +1,46 @@
-"""Where Matcher's matching features come from.
+"""The matching encoder: the features Matcher matches with (and a selector may pool).
 
-- :class:`Dinov2Features` (official SAM): DINOv2 ViT-L/14 patch tokens, as Matcher matches
-  with: the image stretched to 518x518, the last block's output before the final norm, CLS
-  dropped, 37x37 tokens of 1024 channels.
-- :class:`SamFeatures` (SAM-Tiny): the SAM embedding itself (32x32 cells of 64 channels).
-  There is no second model to train for ShapeWorld, and SAM-Tiny's encoder is the only one
-  that has seen it. The honest limitation: matching and decoding then share one feature
-  space, unlike real Matcher, where DINOv2's semantic features find the points and SAM's
-  features cut the masks; a PR-MaGIC step in SAM space moves the matching features directly.
+:func:`matching_encoder` is the one place that says which encoder that is:
 
-Either way the features are L2-normalised per cell only at matching time (:mod:`.grid`).
+- ``dinov2`` (official SAM): DINOv2 ViT-L/14 patch tokens, as Matcher matches with: the
+  image stretched to 518x518, the last block's output before the final norm, CLS dropped,
+  37x37 tokens of 1024 channels (:class:`VitFeatures`).
+- ``dino-tiny``: DINO-Tiny (:mod:`prmagic_core.models.dino_tiny`), the
+  small ViT trained on a ShapeWorld fold's base classes, read the same way: 16x16 tokens of
+  64 channels. Semantic features find the points, SAM's features cut the masks, as in Matcher.
+- ``sam-tiny`` (SAM-Tiny's default, :data:`TINY_DEFAULT`): SAM-Tiny's own embedding (32x32
+  cells of 64 channels, :class:`SamFeatures`), which shows what a semantic encoder changes: these features are class-agnostic (every
+  object lights up), and matching and decoding share one feature space, so a PR-MaGIC step
+  moves the matching features directly.
 
-``selector_encoder(encoder)`` is the seam for Matcher's selector, which re-encodes masked
-images with the encoder Matcher matches with (as the release does with DINOv2): SAM's own
-encoder for :class:`SamFeatures`, a :class:`TokenEncoder` for a ViT. A new feature source
-(e.g. a small DINO for the tiny backend) provides the same method.
+Every matching encoder is called on an :class:`Encoded` query or support (-> a
+:class:`TokenGrid`) and has ``selector_encoder(encoder)``: the encoder Matcher's selector
+re-encodes masked images with (as the release does with DINOv2, SPEC section 8.10): SAM's own
+encoder for :class:`SamFeatures`, a :class:`TokenEncoder` over the ViT's tokens otherwise.
+Features are L2-normalised per cell only at matching time (:mod:`.grid`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
 from ...models.dinov2 import patch_tokens
-from ...models.encoding import Encoded
+from ...models.encoding import Encoded, Encoder
+from ...models.tiny import TINY_CONFIG
 from .grid import PaddedFrame, StretchedFrame, TokenGrid
+
+MATCHING_ENCODERS = ("dino-tiny", "sam-tiny", "dinov2")
+# SAM-Tiny's default. The shipped DINO-Tiny does not yet meet its quality bar (see its card and
+# the README), so Matcher keeps SAM-Tiny's features unless asked; flip this when it does.
+TINY_DEFAULT = "sam-tiny"
 
 
 class SamFeatures:
-    name = "sam"
+    """SAM's own embedding as matching features."""
+
+    name = "sam-tiny"
 
     def __call__(self, encoded: Encoded) -> TokenGrid:
         return TokenGrid(encoded.embedding[0].detach(), PaddedFrame(encoded))
@@ -45,7 +57,7 @@ class TokenEmbedding:
 
 
 class TokenEncoder:
-    """``encode_many`` over DINOv2 patch tokens (pre-final-norm, CLS dropped), for the selector."""
+    """``encode_many`` over a ViT's patch tokens (pre-final-norm, CLS dropped), for the selector."""
 
     def __init__(self, model):
         self.model = model
@@ -54,13 +66,13 @@ class TokenEncoder:
         return [TokenEmbedding(patch_tokens(self.model, image)[None]) for image in images]
 
 
-class Dinov2Features:
-    """DINOv2 patch tokens from a model loaded with :func:`prmagic_core.models.dinov2.load_dinov2`."""
 
-    name = "dinov2"
+class VitFeatures:
+    """Patch tokens of a timm ViT (DINOv2 or DINO-Tiny), read by :func:`prmagic_core.models.dinov2.patch_tokens`."""
 
-    def __init__(self, model):
+    def __init__(self, model, name: str):
         self.model = model
+        self.name = name
 
     def __call__(self, encoded: Encoded) -> TokenGrid:
         tokens = patch_tokens(self.model, encoded.image).to(encoded.embedding.device)
@@ -68,3 +80,40 @@ class Dinov2Features:
 
     def selector_encoder(self, encoder) -> TokenEncoder:
         return TokenEncoder(self.model)
+
+
+@lru_cache(maxsize=4)
+def _dino_tiny(device: str):
+    from ...models.dino_tiny import load_dino_tiny
+
+    return load_dino_tiny(device=device)
+
+
+def matching_encoder_name(name: str | None, on_tiny: bool, dinov2_checkpoint=None) -> str:
+    """``name``, or the default: ``dinov2`` when ``dinov2_checkpoint`` is given, else :data:`TINY_DEFAULT`
+    on SAM-Tiny; official SAM without a DINOv2 checkpoint is an error (that would not be Matcher)."""
+    if name is not None:
+        return name
+    if dinov2_checkpoint is None and not on_tiny:
+        raise ValueError("Matcher on official SAM matches with DINOv2 ViT-L/14: give dinov2_checkpoint")
+    return "dinov2" if dinov2_checkpoint is not None else TINY_DEFAULT
+
+
+def matching_encoder(name: str | None, encoder: Encoder, dinov2_checkpoint=None):
+    """The encoder a matching baseline matches with, for SAM ``encoder`` (``name`` None: the default
+    of :func:`matching_encoder_name`)."""
+    on_tiny = encoder.sam.image_encoder.img_size == TINY_CONFIG["img_size"]
+    name = matching_encoder_name(name, on_tiny, dinov2_checkpoint)
+    if name == "dinov2":
+        if dinov2_checkpoint is None:
+            raise ValueError("matching encoder dinov2 needs dinov2_checkpoint (a local DINOv2 ViT-L/14 file)")
+        from ...models.dinov2 import load_dinov2
+
+        return VitFeatures(load_dinov2(dinov2_checkpoint, str(encoder.device)), "dinov2")
+    if name == "dino-tiny":
+        return VitFeatures(_dino_tiny(str(encoder.device)), "dino-tiny")
+    if name == "sam-tiny":
+        if not on_tiny:
+            raise ValueError("matching encoder sam-tiny needs the tiny backend")
+        return SamFeatures()
+    raise ValueError(f"matching encoder must be one of {MATCHING_ENCODERS}, got {name!r}")

@@ -34,8 +34,8 @@ Where this differs from Matcher's release, and why:
   input: the centre token of 37 x 37); an empty candidate gets emd score 0 (the release
   scores it as if it covered the whole image); the best-scored candidate always joins the
   union (see :func:`.scoring.merge_choice`);
-- on SAM-Tiny the matching features are SAM's own (:mod:`.features`) and the subsets per
-  size are capped by the preset (:mod:`.presets`).
+- on SAM-Tiny the matching features are SAM-Tiny's own or DINO-Tiny's, by name (see
+  :mod:`.features`) and the subsets per size are capped by the preset (:mod:`.presets`).
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ from ...presets import Preset, get_preset
 from ...select import SelectorEvidence
 from ...timing import timed
 from ..base import Baseline, EmptySupportWarning, Prompter
-from .features import Dinov2Features, SamFeatures
+from .features import MATCHING_ENCODERS, matching_encoder
 from .grid import TokenGrid, centre_cell, normalised_cells
 from .matching import bidirectional_match
 from .presets import MatcherPreset
@@ -274,9 +274,11 @@ class Matcher(Baseline):
 
     ``preset``: a :class:`MatcherPreset` or its name (``fss``, ``coco``, ``part``);
     ``variant``: how a PR-MaGIC step reaches the matching features (``released`` or
-    ``transport``, see :mod:`.steps`); ``dinov2_checkpoint``: the local DINOv2 ViT-L/14
-    weights, loaded on first use onto the SAM's device. Without it matching uses SAM's own
-    features, which is allowed only on SAM-Tiny (on official SAM that would not be Matcher).
+    ``transport``, see :mod:`.steps`); ``matching``: the name of the matching encoder
+    (``dino-tiny``, ``sam-tiny``, ``dinov2``; None: DINOv2 when ``dinov2_checkpoint`` is
+    given, else :data:`.features.TINY_DEFAULT` on SAM-Tiny, see :func:`.features.matching_encoder`);
+    ``dinov2_checkpoint``: the local DINOv2 ViT-L/14 weights, loaded on first use onto the
+    SAM's device.
     ``settings``: a :class:`~prmagic_core.presets.Preset` or its name (step injection, d_phi,
     empty-support fallback).
     """
@@ -284,30 +286,28 @@ class Matcher(Baseline):
     name = "matcher"
 
     def __init__(self, preset: MatcherPreset | str = "fss", variant: str = "released", dinov2_checkpoint=None,
-                 settings: Preset | str | None = None):
+                 settings: Preset | str | None = None, matching: str | None = None):
         self.preset = get_matcher_preset(preset) if isinstance(preset, str) else preset
         self.variant = check_variant(variant)
         self.dinov2_checkpoint = dinov2_checkpoint
         self.settings = get_preset(settings)
-        self._features = None
+        if matching is not None and matching not in MATCHING_ENCODERS:
+            raise ValueError(f"matching encoder must be one of {MATCHING_ENCODERS}, got {matching!r}")
+        self.matching = matching
+        self._matching_encoder = None
 
-    def features(self, encoder: Encoder):
-        if self._features is None:
-            if self.dinov2_checkpoint is not None:
-                from ...models.dinov2 import load_dinov2
-
-                self._features = Dinov2Features(load_dinov2(self.dinov2_checkpoint, str(encoder.device)))
-            elif encoder.sam.image_encoder.img_size != TINY_CONFIG["img_size"]:
-                raise ValueError("Matcher on official SAM matches with DINOv2 ViT-L/14: give dinov2_checkpoint")
-            else:
-                self._features = SamFeatures()
-        return self._features
+    def matching_encoder(self, encoder: Encoder):
+        """The encoder Matcher matches with (loaded once): called on an :class:`Encoded` image it gives
+        the :class:`TokenGrid` of matching features; ``.selector_encoder(encoder)`` re-encodes for the selector."""
+        if self._matching_encoder is None:
+            self._matching_encoder = matching_encoder(self.matching, encoder, self.dinov2_checkpoint)
+        return self._matching_encoder
 
     def prepare(self, encoder: Encoder, support_images, support_masks, query_image: np.ndarray) -> MatcherPrompter:
         *supports, query = encoder.encode_many([*support_images, query_image])
         timings = {"features": 0.0, "matching": 0.0, "decoding": 0.0, "scoring": 0.0}
         with timed(timings, "features", encoder.device):
-            features = self.features(encoder)
+            features = self.matching_encoder(encoder)
             grids = [features(encoded) for encoded in (*supports, query)]
         on_tiny = encoder.sam.image_encoder.img_size == TINY_CONFIG["img_size"]
         cap = self.preset.tiny_subsets_per_size if on_tiny else None

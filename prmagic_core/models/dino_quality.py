@@ -1,0 +1,68 @@
+"""How semantic is a DINO-Tiny? Two numbers on held-out episodes of a fold's NOVEL classes.
+
+- ``novel_class_accuracy``: nearest-neighbour classification of mask-pooled features. The
+  query object's feature (its patch tokens averaged with the mask's coverage of each patch
+  as weight) is compared by cosine with the support objects of 6 candidate classes: the
+  episode's own support and the supports of 5 other novel classes (from other episodes of
+  the same draw); correct when its own support is the nearest.
+- ``patch_foreground_match``: over all query patches at least half covered by the query
+  mask, the fraction whose most similar support patch (cosine of the L2-normalised tokens)
+  is at least half covered by the support mask.
+
+Both use the tokens Matcher matches with (:func:`.dinov2.patch_tokens`).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data import shapeworld
+from .dinov2 import patch_tokens
+
+EVAL_SEED = 1000
+CANDIDATES = 6
+
+
+def _coverage(mask: np.ndarray, grid: tuple) -> torch.Tensor:
+    return F.interpolate(torch.as_tensor(mask, dtype=torch.float32)[None, None], grid, mode="area")[0, 0]
+
+
+def _features(model, image: np.ndarray, mask: np.ndarray):
+    """(h*w, C) tokens and (h*w,) mask coverage of one image."""
+    tokens = patch_tokens(model, image).cpu()
+    return tokens.flatten(1).T, _coverage(mask, tuple(tokens.shape[-2:])).flatten()
+
+
+def _pooled(tokens: torch.Tensor, coverage: torch.Tensor) -> torch.Tensor:
+    return F.normalize((coverage[:, None] * tokens).sum(0) / coverage.sum(), dim=0)
+
+
+def evaluate_dino_tiny(model, episodes: int = 300, fold: int = 0, seed: int = EVAL_SEED, size: int = 512,
+                       progress: bool = False) -> dict:
+    from tqdm.auto import tqdm
+
+    draw = shapeworld.episodes(episodes, seed=seed, kind="object", size=size, fold=fold)
+    queries, supports = [], []
+    for ep in tqdm(draw, disable=not progress, desc="dino-tiny features"):
+        queries.append(_features(model, ep.query_image, ep.query_mask))
+        supports.append(_features(model, ep.support_images[0], ep.support_masks[0]))
+    support_pooled = torch.stack([_pooled(*s) for s in supports])
+    classes = np.array([ep.class_name for ep in draw])
+    rng = np.random.default_rng([seed, fold, episodes])
+    correct, hits, patches = 0, 0, 0
+    for i, (query_tokens, query_cover) in enumerate(queries):
+        others = [c for c in np.unique(classes) if c != classes[i]]
+        picked = rng.choice(others, size=min(CANDIDATES - 1, len(others)), replace=False)
+        candidates = [i] + [int(rng.choice(np.flatnonzero(classes == c))) for c in picked]
+        scores = support_pooled[candidates] @ _pooled(query_tokens, query_cover)
+        correct += int(scores.argmax()) == 0
+        support_tokens, support_cover = supports[i]
+        foreground = query_cover >= 0.5
+        similarity = F.normalize(query_tokens[foreground], dim=1) @ F.normalize(support_tokens, dim=1).T
+        hits += int((support_cover[similarity.argmax(1)] >= 0.5).sum())
+        patches += int(foreground.sum())
+    return dict(novel_class_accuracy=round(correct / episodes, 4),
+                patch_foreground_match=round(hits / max(patches, 1), 4),
+                episodes=episodes, fold=fold, seed=seed, image_size=size, candidates=CANDIDATES,
+                novel_classes=list(shapeworld.novel_classes(fold)))

@@ -1,0 +1,59 @@
+"""DINO-Tiny: the semantic encoder that plays DINOv2's role on ShapeWorld.
+
+A timm :class:`~timm.models.vision_transformer.VisionTransformer` (128-px input, 16x16
+tokens of 64 channels, depth 3, no class token) whose patch embedding is timm's
+``HybridEmbed`` over a small convolutional stem (three stride-2 3x3 convolutions and one
+more at 16x16: convolutions learn textures and edges in far fewer steps than a linear patch
+projection, which is what a CPU budget allows), read exactly as Matcher
+reads DINOv2 (:func:`prmagic_core.models.dinov2.patch_tokens`): the image stretched to the
+model's input, ImageNet-normalised, the last block's output before the final norm. Its
+patch tokens match (Matcher); their mean over the image is the pooled feature a selector
+compares.
+
+The shipped weights (``weights/dino_tiny.pt``, card ``dino_tiny.json``) were trained by
+``prmagic train-dino-tiny`` on ShapeWorld training scenes of fold 0's BASE classes only
+(:mod:`.dino_training`), so fold 0's novel classes meet it unseen, as FSS-1000's classes
+meet DINOv2.
+"""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from .loading import CheckpointError, _mismatch, read_state_dict, resolve_device
+from .tiny import WEIGHTS_DIR
+
+DINO_TINY_CONFIG = dict(img_size=128, stem_channels=(16, 32, 64), embed_dim=64, depth=3, num_heads=2, mlp_ratio=4.0)
+DINO_TINY_WEIGHTS = WEIGHTS_DIR / "dino_tiny.pt"
+DINO_TINY_CARD = WEIGHTS_DIR / "dino_tiny.json"
+
+
+def build_dino_tiny(config: dict = DINO_TINY_CONFIG) -> torch.nn.Module:
+    """A randomly initialised DINO-Tiny."""
+    from timm.layers import HybridEmbed
+    from timm.models.vision_transformer import VisionTransformer
+
+    c = dict(DINO_TINY_CONFIG, **config)
+    layers, channels = [], 3
+    for out, stride in [(width, 2) for width in c["stem_channels"]] + [(c["stem_channels"][-1], 1)]:
+        layers += [torch.nn.Conv2d(channels, out, 3, stride, 1, bias=False), torch.nn.BatchNorm2d(out), torch.nn.GELU()]
+        channels = out
+    return VisionTransformer(img_size=c["img_size"], patch_size=1, embed_dim=c["embed_dim"], depth=c["depth"],
+                             num_heads=c["num_heads"], mlp_ratio=c["mlp_ratio"], num_classes=0, class_token=False,
+                             global_pool="avg", embed_layer=partial(HybridEmbed, backbone=torch.nn.Sequential(*layers)))
+
+
+def load_dino_tiny(checkpoint: str | Path | None = None, device: str = "cpu") -> torch.nn.Module:
+    """DINO-Tiny in eval mode: the shipped weights, or ``checkpoint`` (weights or a training checkpoint)."""
+    path = Path(checkpoint) if checkpoint is not None else DINO_TINY_WEIGHTS
+    if checkpoint is None and not path.is_file():
+        raise CheckpointError(f"{path}: DINO-Tiny's weights are missing; run prmagic train-dino-tiny")
+    state = read_state_dict(path)
+    model = build_dino_tiny()
+    problem = _mismatch({k: v.shape for k, v in model.state_dict().items()}, state)
+    if problem:
+        raise CheckpointError(f"{path}: not a DINO-Tiny checkpoint: {problem}")
+    model.load_state_dict(state)
+    return model.eval().to(resolve_device(device))

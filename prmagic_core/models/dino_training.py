@@ -1,0 +1,225 @@
+"""Training DINO-Tiny on the BASE classes of one ShapeWorld fold.
+
+Supervised, on what ShapeWorld's classes are made of: every patch token (after the final
+norm) is classified by three linear heads, the shape of the object it lies on (6 shapes or
+4 composites, or background), its texture (4, or background) and its part (8 part
+classes, or none), background weighted down (``background_weight``); the mask-pooled tokens of each object (before the final norm: the
+features Matcher and the selector use) are pulled together across the batch when the
+objects share a class and pushed apart otherwise (supervised contrastive, temperature
+``temperature``). Novel classes are new combinations of a shape and a texture that were
+both seen in other classes, and a composite whose parts were never seen.
+
+Scenes come from the training stream (:func:`shapeworld.training_scene` with ``fold``),
+two thirds rendered at 128 px and one third at 256 px and reduced to 128 by 2x2 means
+(evaluation renders at 512 px and is stretched to the 128-px input), flipped and rotated
+by multiples of 90 degrees. Every draw is seeded by (seed, step), so ``resume`` continues
+exactly.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..data import shapeworld
+from .dinov2 import IMAGENET_MEAN, IMAGENET_STD
+from .dino_tiny import DINO_TINY_CONFIG, build_dino_tiny
+from .training import _lr_factor, _save_atomic
+
+INPUT = DINO_TINY_CONFIG["img_size"]
+GRID = INPUT // 2 ** len(DINO_TINY_CONFIG["stem_channels"])
+SHAPE_LABELS = ("background",) + shapeworld.SHAPES + tuple(shapeworld.COMPOSITES)
+TEXTURE_LABELS = ("background",) + shapeworld.TEXTURES
+PART_LABELS = ("none",) + shapeworld.PART_CLASSES
+HEADS = {"shape": len(SHAPE_LABELS), "texture": len(TEXTURE_LABELS), "part": len(PART_LABELS)}
+
+
+@dataclass
+class DinoTrainConfig:
+    fold: int = 0
+    steps: int = 200
+    scenes: int = 600
+    batch: int = 32
+    lr: float = 1e-3
+    warmup: int = 20
+    weight_decay: float = 0.05
+    background_weight: float = 0.2
+    contrastive_weight: float = 0.5
+    temperature: float = 0.1
+    seed: int = 0
+    checkpoint_every: int = 50
+
+
+def _texture_of_part(part_name: str) -> str:
+    composite, part = part_name.split("/")
+    return next(p.texture for p in shapeworld.COMPOSITES[composite] if p.part == part)
+
+
+def _majority(labels: np.ndarray, classes: int) -> np.ndarray:
+    """(GRID, GRID) majority label of each patch of a (H, W) label map."""
+    block = labels.shape[0] // GRID
+    counts = np.eye(classes, dtype=np.int32)[labels].reshape(GRID, block, GRID, block, classes).sum((1, 3))
+    return counts.argmax(-1)
+
+
+def scene_labels(scene) -> np.ndarray:
+    """(4, GRID, GRID) int: shape, texture, part and instance (0 = background, i = object i - 1) per patch."""
+    size = scene.image.shape[0]
+    maps = np.zeros((4, size, size), dtype=np.int64)
+    for index, obj in enumerate(scene.objects):
+        if obj.name in shapeworld.COMPOSITES:
+            maps[0][obj.mask] = SHAPE_LABELS.index(obj.name)
+        else:
+            texture, shape = obj.name.split("-")
+            maps[0][obj.mask] = SHAPE_LABELS.index(shape)
+            maps[1][obj.mask] = TEXTURE_LABELS.index(texture)
+        maps[3][obj.mask] = index + 1
+    for part in scene.parts:
+        maps[1][part.mask] = TEXTURE_LABELS.index(_texture_of_part(part.name))
+        maps[2][part.mask] = PART_LABELS.index(part.name)
+    classes = (len(SHAPE_LABELS), len(TEXTURE_LABELS), len(PART_LABELS), len(scene.objects) + 1)
+    return np.stack([_majority(m, c) for m, c in zip(maps, classes)])
+
+
+def _to_input(image: np.ndarray) -> np.ndarray:
+    """A square render reduced to the model's input by block means (render sizes are multiples of it)."""
+    block = image.shape[0] // INPUT
+    if block == 1:
+        return image
+    return image.reshape(INPUT, block, INPUT, block, 3).mean((1, 3)).round().astype(np.uint8)
+
+
+class LabelledPool:
+    """Pre-drawn base-class training scenes of one fold: images at the input size, patch labels, instance classes."""
+
+    def __init__(self, n: int, seed: int, fold: int):
+        images, labels, classes = [], [], []
+        for index in range(n):
+            size = 2 * INPUT if index % 3 == 2 else INPUT
+            scene = shapeworld.training_scene(seed, index, size=size, fold=fold)
+            images.append(_to_input(scene.image))
+            labels.append(scene_labels(scene))
+            classes.append([shapeworld.ALL_CLASSES.index(o.name) for o in scene.objects])
+        self.images, self.labels, self.classes = np.stack(images), np.stack(labels), classes
+
+    def batch(self, rng: np.random.Generator, size: int):
+        """Images (B, 3, INPUT, INPUT) float normalised, labels (B, 4, GRID, GRID), instance classes per image."""
+        picks = rng.choice(len(self.images), size=size, replace=False)
+        turns, flips = rng.integers(0, 4, size), rng.random(size) < 0.5
+        images, labels = [], []
+        for index, turn, flip in zip(picks, turns, flips):
+            image, label = np.rot90(self.images[index], turn, (0, 1)), np.rot90(self.labels[index], turn, (1, 2))
+            if flip:
+                image, label = image[:, ::-1], label[:, :, ::-1]
+            images.append(np.ascontiguousarray(image))
+            labels.append(np.ascontiguousarray(label))
+        return normalise(np.stack(images)), torch.as_tensor(np.stack(labels)), [self.classes[i] for i in picks]
+
+
+def normalise(images: np.ndarray) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) ImageNet-normalised, as :func:`.dinov2.patch_tokens` feeds the model."""
+    x = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 255
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def make_heads(width: int) -> torch.nn.ModuleDict:
+    return torch.nn.ModuleDict({name: torch.nn.Linear(width, classes) for name, classes in HEADS.items()})
+
+
+def prenorm_tokens(model, x: torch.Tensor) -> torch.Tensor:
+    """(B, N, C) tokens of the last block before the final norm (what :func:`.dinov2.patch_tokens` returns)."""
+    (tokens,) = model.forward_intermediates(x, indices=1, norm=False, output_fmt="NLC", intermediates_only=True)
+    return tokens
+
+
+def instance_contrastive(tokens: torch.Tensor, instances: torch.Tensor, classes: list, temperature: float):
+    """Supervised contrastive loss of the mask-pooled, L2-normalised instance features of a batch."""
+    pooled, labels = [], []
+    for b, names in enumerate(classes):
+        ids = instances[b].flatten()
+        for i, cls in enumerate(names):
+            inside = ids == i + 1
+            if inside.sum() >= 2:
+                pooled.append(tokens[b][inside].mean(0))
+                labels.append(cls)
+    if len(pooled) < 2:
+        return tokens.sum() * 0
+    z = F.normalize(torch.stack(pooled), dim=1)
+    labels = torch.as_tensor(labels)
+    logits = z @ z.T / temperature
+    eye = torch.eye(len(z), dtype=torch.bool)
+    logits = logits.masked_fill(eye, -1e9)
+    positive = (labels[:, None] == labels[None]) & ~eye
+    log_prob = logits - logits.logsumexp(1, keepdim=True)
+    has = positive.any(1)
+    if not has.any():
+        return tokens.sum() * 0
+    return -((log_prob * positive).sum(1)[has] / positive.sum(1)[has]).mean()
+
+
+def training_loss(model, heads, x, labels, classes, cfg: DinoTrainConfig) -> torch.Tensor:
+    tokens = prenorm_tokens(model, x)
+    normed = model.norm(tokens)
+    loss = 0
+    for k, (name, head) in enumerate(heads.items()):
+        # label 0 (background / no part) covers most patches: weighted down so objects are not drowned out
+        weight = torch.ones(HEADS[name])
+        weight[0] = cfg.background_weight
+        loss = loss + F.cross_entropy(head(normed).flatten(0, 1), labels[:, k].flatten(), weight=weight)
+    return loss + cfg.contrastive_weight * instance_contrastive(tokens, labels[:, 3].flatten(1), classes,
+                                                                cfg.temperature)
+
+
+def train(cfg: DinoTrainConfig, out_dir: Path, resume: bool = False, progress: bool = True) -> dict:
+    """Train DINO-Tiny; writes ``checkpoint.pt`` periodically and ``dino_tiny.pt`` (backbone only) at the end."""
+    if cfg.scenes < cfg.batch:
+        raise ValueError(f"scenes ({cfg.scenes}) must be at least batch ({cfg.batch})")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    model = build_dino_tiny()
+    heads = make_heads(DINO_TINY_CONFIG["embed_dim"])
+    parameters = list(model.parameters()) + list(heads.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, cfg))
+    start, elapsed, losses = 0, 0.0, []
+    checkpoint = out_dir / "checkpoint.pt"
+    if resume and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=True)
+        if state["config"] != asdict(cfg):
+            raise ValueError(f"{checkpoint} was written with other settings: {state['config']} (now {asdict(cfg)})")
+        model.load_state_dict(state["model"])
+        heads.load_state_dict(state["heads"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, elapsed, losses = state["step"], state["elapsed"], list(state["losses"])
+    pool = LabelledPool(cfg.scenes, cfg.seed, cfg.fold)
+    model.train()
+    began = time.time() - elapsed
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc="train-dino-tiny")
+    for step in bar:
+        x, labels, classes = pool.batch(np.random.default_rng([cfg.seed, step]), cfg.batch)
+        loss = training_loss(model, heads, x, labels, classes, cfg)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        scheduler.step()
+        losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            _save_atomic(dict(model=model.state_dict(), heads=heads.state_dict(), optimizer=optimizer.state_dict(),
+                              scheduler=scheduler.state_dict(), step=step + 1, elapsed=time.time() - began,
+                              losses=losses, config=asdict(cfg)), checkpoint)
+    _save_atomic(model.state_dict(), out_dir / "dino_tiny.pt")
+    summary = dict(config=asdict(cfg), steps=cfg.steps, wall_seconds=round(time.time() - began, 1),
+                   final_loss=float(np.mean(losses[-50:])) if losses else None)
+    (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

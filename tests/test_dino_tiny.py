@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+import torch
+
+from prmagic_core.data import shapeworld
+from prmagic_core.models import dino_training
+from prmagic_core.models.dino_quality import evaluate_dino_tiny
+from prmagic_core.models.dino_tiny import DINO_TINY_WEIGHTS, build_dino_tiny, load_dino_tiny
+from prmagic_core.models.dinov2 import patch_tokens
+from prmagic_core.models.loading import CheckpointError
+
+SMALL = dict(steps=4, scenes=12, batch=4, warmup=1, checkpoint_every=2)
+
+
+def test_resumed_training_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    cfg = dino_training.DinoTrainConfig(**SMALL)
+    dino_training.train(cfg, tmp_path / "whole", progress=False)
+
+    real_loss = dino_training.training_loss
+    calls = {"n": 0}
+
+    def dies_at_step_three(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(dino_training, "training_loss", dies_at_step_three)
+    with pytest.raises(KeyboardInterrupt):
+        dino_training.train(cfg, tmp_path / "resumed", progress=False)
+    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["step"] == 2
+    monkeypatch.setattr(dino_training, "training_loss", real_loss)
+    dino_training.train(cfg, tmp_path / "resumed", resume=True, progress=False)
+
+    whole = torch.load(tmp_path / "whole" / "dino_tiny.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "dino_tiny.pt", weights_only=True)
+    for key in whole:
+        assert torch.equal(whole[key], resumed[key]), key
+    # the saved backbone loads (weights_only) and gives 16x16 tokens of 64 channels
+    model = load_dino_tiny(tmp_path / "whole" / "dino_tiny.pt")
+    assert patch_tokens(model, np.zeros((200, 300, 3), np.uint8)).shape == (64, 16, 16)
+
+
+def test_patch_labels_follow_the_scene():
+    scene = shapeworld.training_scene(0, 3, size=128, fold=0)
+    labels = dino_training.scene_labels(scene)
+    assert labels.shape == (4, 16, 16)
+    target = scene.objects[0]
+    inside = labels[3] == 1
+    assert inside.any()
+    if target.name not in shapeworld.COMPOSITES:
+        texture, shape = target.name.split("-")
+        assert (labels[0][inside] == dino_training.SHAPE_LABELS.index(shape)).all()
+        assert (labels[1][inside] == dino_training.TEXTURE_LABELS.index(texture)).all()
+    assert (labels[:3][:, labels[3] == 0] == 0).all()  # background patches are background in every head
+
+
+def test_contrastive_loss_prefers_same_class_together():
+    instances = torch.tensor([[1, 1, 2, 2], [1, 1, 2, 2]])
+    classes = [[0, 1], [0, 1]]
+    apart = torch.tensor([[1.0, 0], [1, 0], [0, 1], [0, 1]])
+    good = torch.stack([apart, apart])
+    bad = torch.stack([apart, apart.flip(0)])
+    loss = dino_training.instance_contrastive
+    assert loss(good, instances, classes, 0.1) < loss(bad, instances, classes, 0.1)
+
+
+def test_wrong_checkpoint_is_one_clear_error(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"weight": torch.zeros(3)}, path)
+    with pytest.raises(CheckpointError, match="not a DINO-Tiny checkpoint"):
+        load_dino_tiny(path)
+
+
+def test_quality_numbers_are_fractions_on_novel_classes():
+    result = evaluate_dino_tiny(build_dino_tiny().eval(), episodes=8, fold=1, size=64)
+    assert 0 <= result["novel_class_accuracy"] <= 1 and 0 <= result["patch_foreground_match"] <= 1
+    assert result["novel_classes"] == list(shapeworld.novel_classes(1))
