@@ -32,6 +32,7 @@ class Step:
     gradient: torch.Tensor | None = None
     drift_norm: float | None = None
     noise_norm: float | None = None
+    iou_prediction: float | None = None  # SAM's IoU head on the candidate, when the prompter gives it
 
 
 @dataclass
@@ -44,14 +45,20 @@ class Trajectory:
         return [s.mask for s in self.steps]
 
 
+def _decode(prompter: Prompter, z: torch.Tensor, prompts: Prompts, similarity) -> tuple:
+    """(mask, logits, IoU prediction or None): a prompter's decode may omit the prediction."""
+    mask, logits, *confidence = prompter.decode(z, prompts, similarity)
+    return mask, logits, (float(confidence[0]) if confidence else None)
+
+
 def _gradient(prompter: Prompter, z: torch.Tensor, prompts: Prompts, similarity, reduction: str):
-    """(mask, logits, d_phi value, grad of d_phi w.r.t. z) from one differentiable decode at z."""
+    """(mask, logits, d_phi value, grad of d_phi w.r.t. z, IoU prediction) from one differentiable decode at z."""
     z = z.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        mask, logits = prompter.decode(z, prompts, similarity)
+        mask, logits, confidence = _decode(prompter, z, prompts, similarity)
         d = d_phi(logits, reduction)
         (grad,) = torch.autograd.grad(d, z)
-    return mask, logits.detach(), float(d.detach()), grad
+    return mask, logits.detach(), float(d.detach()), grad, confidence
 
 
 class DecodeMemo:
@@ -76,7 +83,8 @@ class DecodeMemo:
         return key
 
     def __call__(self, prompts: Prompts, similarity: torch.Tensor, reduction: str, gradient: bool = True):
-        """(mask, logits, d_phi, gradient) on z0; without ``gradient`` the last two may be None."""
+        """(mask, logits, d_phi, gradient, IoU prediction) on z0; without ``gradient``, d_phi and
+        the gradient may be None."""
         key = self._key(prompts, similarity, reduction)
         entry = self._entries.get(key)
         if entry is None or (gradient and entry[3] is None):
@@ -85,8 +93,8 @@ class DecodeMemo:
                 entry = _gradient(self.prompter, self.z0, prompts, similarity, reduction)
             else:
                 with torch.no_grad():
-                    mask, logits = self.prompter.decode(self.z0, prompts, similarity)
-                entry = (mask, logits.detach(), None, None)
+                    mask, logits, confidence = _decode(self.prompter, self.z0, prompts, similarity)
+                entry = (mask, logits.detach(), None, None, confidence)
             self._entries[key] = entry
         return entry
 
@@ -124,16 +132,15 @@ def refine(prompter: Prompter, steps: int = 5, flow: FlowConfig = FlowConfig(),
     trajectory = Trajectory(config=flow)
     for t in range(steps + 1):
         # With grad_at="zt" the gradient is taken at z_t below, so the candidate needs none at z0.
-        mask, logits, d, grad = memo(prompts, similarity, flow.reduction, gradient=flow.grad_at == "z0")
+        mask, logits, d, grad, confidence = memo(prompts, similarity, flow.reduction, gradient=flow.grad_at == "z0")
         if t == steps:
-            trajectory.steps.append(Step(mask, logits, prompts, similarity.detach()))
+            trajectory.steps.append(Step(mask, logits, prompts, similarity.detach(), iou_prediction=confidence))
             break
         if flow.grad_at == "zt":
-            _, _, d, grad = _gradient(prompter, z0 + delta, prompts, similarity, flow.reduction)
+            _, _, d, grad, _ = _gradient(prompter, z0 + delta, prompts, similarity, flow.reduction)
         delta, norms = flow_step(delta, grad, d, flow, generator)
-        trajectory.steps.append(
-            Step(mask, logits.detach(), prompts, similarity.detach(), d, grad.detach(), norms.drift, norms.noise)
-        )
+        trajectory.steps.append(Step(mask, logits.detach(), prompts, similarity.detach(), d, grad.detach(),
+                                     norms.drift, norms.noise, confidence))
         with torch.no_grad():
             similarity = prompter.similarity(z0 + delta)
         prompts = sample(similarity)

@@ -207,8 +207,9 @@ def test_prompts_come_from_the_matching_behind_the_similarity_map(tiny_prompters
     assert isinstance(prompts, MatcherPrompts)
     assert len(prompts.coords) == min(8, len(prompts.evidence.points))  # the fss preset's k-means centres
     assert all(len(s) <= 6 for s in prompts.subsets) and len(prompts.subsets) <= 3 * 8  # SAM-Tiny's cap
-    mask, logits = prompter.decode(prompter.z0, prompts, similarity)
+    mask, logits, confidence = prompter.decode(prompter.z0, prompts, similarity)
     assert mask.shape == similarity.shape and mask.dtype == bool and logits.shape == (128, 128)
+    assert isinstance(confidence, float) and np.isfinite(confidence)
     with pytest.raises(ValueError, match="not made by this prompter"):
         prompter.sample_prompts(similarity.clone(), torch.Generator())
     assert set(prompter.timings) == {"features", "matching", "decoding", "scoring"}
@@ -220,11 +221,12 @@ def test_logits_are_differentiable_when_the_embedding_requires_grad(tiny_prompte
     similarity = prompter.similarity(prompter.z0)
     prompts = prompter.sample_prompts(similarity, torch.Generator().manual_seed(0))
     z = prompter.z0.clone().requires_grad_(True)
-    mask, logits = prompter.decode(z, prompts, similarity)
+    mask, logits, confidence = prompter.decode(z, prompts, similarity)
     (grad,) = torch.autograd.grad(logits.sum(), z)
     assert grad.shape == z.shape and torch.count_nonzero(grad) > 0
-    plain_mask, plain_logits = prompter.decode(prompter.z0, prompts, similarity)
+    plain_mask, plain_logits, plain_confidence = prompter.decode(prompter.z0, prompts, similarity)
     np.testing.assert_array_equal(mask, plain_mask)
+    assert confidence == plain_confidence
     torch.testing.assert_close(logits.detach(), plain_logits)
 
 

@@ -127,8 +127,9 @@ def test_decode_is_differentiable_wrt_the_embedding(prompter_name, request, epis
     s = prompter.similarity(prompter.query.embedding)
     prompts = prompter.sample_prompts(s, torch.Generator().manual_seed(0))
     z = prompter.query.embedding.clone().requires_grad_(True)
-    mask, logits = prompter.decode(z, prompts, s)
+    mask, logits, confidence = prompter.decode(z, prompts, s)
     assert mask.shape == episode.query_image.shape[:2] and mask.dtype == bool
+    assert isinstance(confidence, float) and np.isfinite(confidence)
     logits.sum().backward()
     assert z.grad is not None and z.grad.abs().sum() > 0
 

@@ -69,8 +69,9 @@ def test_candidate_zero_is_the_baselines_own_mask(prompter):
     traj = refine(prompter, steps=2, flow=FlowConfig(eta=1e-2), generator=torch.Generator().manual_seed(4))
     z0 = prompter.query.embedding
     similarity = prompter.similarity(z0)
-    mask, _ = prompter.decode(z0, traj.steps[0].prompts, similarity)
+    mask, _, confidence = prompter.decode(z0, traj.steps[0].prompts, similarity)
     np.testing.assert_array_equal(traj.steps[0].mask, mask)
+    assert traj.steps[0].iou_prediction == confidence
     assert torch.equal(similarity, traj.steps[0].similarity)
 
 
@@ -90,7 +91,7 @@ def test_candidates_are_always_decoded_from_the_original_embedding(prompter, gra
     assert any(not torch.equal(z, z0) for z in rec.similarity_inputs[1:])
     # ... and each candidate equals a fresh decode of its prompts on z0
     for step in traj.steps:
-        mask, _ = prompter.decode(z0, step.prompts, step.similarity)
+        mask, *_ = prompter.decode(z0, step.prompts, step.similarity)
         np.testing.assert_array_equal(step.mask, mask)
     if grad_at == "z0":
         assert all(torch.equal(z, z0) for z in rec.decode_inputs)

@@ -8,7 +8,9 @@ A :class:`Baseline` turns one episode (support images + masks, query image) into
 - ``sample_prompts(similarity, generator)``: point prompts from that map;
 - ``decode(embedding, prompts, similarity)``: the baseline's decoder call(s) on
   ``embedding``; returns the candidate mask and the low-res logits whose reduction is
-  d_phi. When ``embedding`` requires grad, the logits must be differentiable w.r.t. it.
+  d_phi, and optionally a third value: SAM's IoU prediction for those logits (selectors
+  use it as the decoder's confidence; a prompter without one returns two values).
+  When ``embedding`` requires grad, the logits must be differentiable w.r.t. it.
 
 The loop always decodes candidates from z0; the refined embedding reaches the prompter
 only through ``similarity``.
@@ -41,8 +43,8 @@ class Prompter(ABC):
         """Point prompts (original query pixels) sampled from a similarity map."""
 
     @abstractmethod
-    def decode(self, embedding: torch.Tensor, prompts: Prompts, similarity: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
-        """(candidate mask (H, W) bool, low-res logits (h', w')) decoded on ``embedding``."""
+    def decode(self, embedding: torch.Tensor, prompts: Prompts, similarity: torch.Tensor) -> tuple:
+        """(candidate mask (H, W) bool, low-res logits (h', w')[, IoU prediction]) decoded on ``embedding``."""
 
 
 class Baseline(ABC):

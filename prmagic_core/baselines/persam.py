@@ -102,17 +102,17 @@ def box_or_none(logits: torch.Tensor, encoded: Encoded) -> np.ndarray | None:
 
 
 def post_refine(sam: Sam, embedding: torch.Tensor, encoded: Encoded, prompts: Prompts,
-                logits: torch.Tensor, box_first: bool) -> tuple[np.ndarray, torch.Tensor]:
+                logits: torch.Tensor, box_first: bool) -> tuple[np.ndarray, torch.Tensor, float]:
     """The last two cascaded calls: each takes the points, the previous logits as mask input
     (and the previous mask's box; the first only when ``box_first``), multimask, best by IoU head.
 
-    Returns the last call's (mask in the original frame, low-res logits).
+    Returns the last call's (mask in the original frame, low-res logits, IoU prediction).
     """
     for with_box in (box_first, True):
         box = box_or_none(logits, encoded) if with_box else None
-        logits = decoding.decode(sam, embedding, encoded, prompts, box=box,
-                                 mask_input=logits.detach(), multimask=True).best()
-    return to_mask(logits, encoded), logits
+        decoded = decoding.decode(sam, embedding, encoded, prompts, box=box, mask_input=logits.detach(), multimask=True)
+        logits = decoded.best()
+    return to_mask(logits, encoded), logits, float(decoded.iou.max().detach())
 
 
 class LocationPrior(Prompter):

@@ -199,10 +199,12 @@ class MatcherPrompter(Prompter):
             chosen = pool[kept[merge_choice(metrics.score(self.preset)[kept], self.preset)]]
             mask = self._masks(logits[torch.as_tensor(chosen, device=logits.device)]).any(0)
         subset, output = origin[chosen[0]]
+        # The merged mask's confidence: SAM's IoU prediction of its first (best-scored) part.
+        confidence = float(torch.cat([d.iou for d in decoded])[chosen[0]])
         if not embedding.requires_grad:
-            return mask, logits[chosen[0]]
+            return mask, logits[chosen[0]], confidence
         with self._timed("decoding"):
-            return mask, self._decode_subset(embedding, prompts, subset).logits[output]
+            return mask, self._decode_subset(embedding, prompts, subset).logits[output], confidence
 
     def _masks(self, logits: torch.Tensor) -> np.ndarray:
         return (to_image_frame(logits, self.query) > self.sam.mask_threshold).cpu().numpy()
