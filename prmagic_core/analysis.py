@@ -193,15 +193,76 @@ def optimal_step_stats(steps: pd.DataFrame) -> dict:
             "moving_mean": moving_mean, "moving_std": moving_std, "moving_trajectories": int(len(moving))}
 
 
-def paired_interval(a, b, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> dict:
-    """Mean of a - b over paired samples with a bootstrap percentile interval."""
+def cluster_bootstrap(values, clusters=None, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> dict:
+    """Mean of ``values`` with a percentile interval from a bootstrap that resamples CLUSTERS.
+
+    ``clusters`` labels each value with its episode: an episode's values (one per noise seed)
+    are drawn together, so the interval carries the episode-to-episode variance instead of
+    counting e.g. 24 episodes x 3 seeds as 72 independent draws. Without ``clusters`` every
+    value is its own cluster (the plain bootstrap). The mean of a resample is the mean over
+    all its values (clusters weighted by their size).
+    """
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        raise ValueError("cluster_bootstrap needs at least one value")
+    labels = np.arange(values.size) if clusters is None else np.asarray(clusters)
+    if labels.shape != values.shape:
+        raise ValueError(f"cluster_bootstrap: {values.size} values but {labels.size} cluster labels")
+    _, index = np.unique(labels, return_inverse=True)
+    sums, sizes = np.bincount(index, weights=values), np.bincount(index).astype(float)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, sums.size, size=(n_boot, sums.size))
+    means = sums[draws].sum(axis=1) / sizes[draws].sum(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return {"mean": float(values.mean()), "low": float(lo), "high": float(hi), "n": int(values.size),
+            "clusters": int(sums.size), "level": level}
+
+
+def paired_interval(a, b, clusters=None, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> dict:
+    """Mean of a - b over paired samples with a (cluster) bootstrap interval: :func:`cluster_bootstrap`
+    of the differences; pass the episode of each pair as ``clusters``."""
     diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     if diff.size == 0:
         raise ValueError("paired_interval needs at least one pair")
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, diff.size, size=(n_boot, diff.size))].mean(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return {"mean": float(diff.mean()), "low": float(lo), "high": float(hi), "n": int(diff.size), "level": level}
+    return cluster_bootstrap(diff, clusters, n_boot=n_boot, level=level, seed=seed)
+
+
+def episode_differences(table: pd.DataFrame, selectors=None, max_step: int | None = None,
+                        by=SETTING, scale: float = 100.0, **bootstrap) -> pd.DataFrame:
+    """Paired per-episode differences T - B (each selector), O - B and O - T, in IoU points, per
+    ``by`` group, with 95% intervals by a cluster bootstrap over episodes (all seeds of an
+    episode resampled together). Columns: the group, ``contrast``, ``mean``, ``low``, ``high``,
+    ``n`` (trajectories), ``episodes``, ``seeds``."""
+    wide = per_episode(table, selectors, max_step)
+    selectors = [c[len("iou_T "):] for c in wide.columns if c.startswith("iou_T ")]
+    contrasts = [(f"T-B {s}", f"iou_T {s}", "iou_B") for s in selectors] + [("O-B", "iou_O", "iou_B")]
+    contrasts += [(f"O-T {s}", "iou_O", f"iou_T {s}") for s in selectors]
+    rows = []
+    for key, group in wide.groupby(list(by), sort=True):
+        labels = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        for name, a, b in contrasts:
+            interval = paired_interval(scale * group[a], scale * group[b], clusters=group.episode, **bootstrap)
+            episodes = interval.pop("clusters")
+            rows.append({**labels, "contrast": name, **interval, "episodes": episodes,
+                         "seeds": int(group.seed.nunique())})
+    return pd.DataFrame(rows)
+
+
+MIN_EPISODES_PER_CLASS = 10
+
+
+def headline_metric(picked: pd.DataFrame) -> str:
+    """``"miou"`` (class-wise) when every class in ``picked`` has >= 10 episodes, else ``"mean_iou"``:
+    a class seen in one or two episodes makes its class IoU that episode's IoU, and the class-wise
+    mean then weighs those few episodes like whole classes."""
+    per_class = picked.groupby("class").episode.nunique()
+    return "miou" if len(per_class) and int(per_class.min()) >= MIN_EPISODES_PER_CLASS else "mean_iou"
+
+
+def counts_note(table: pd.DataFrame) -> str:
+    """``"n = E episodes x S seeds"`` for a figure's caption."""
+    t = ok(table)
+    return f"n = {t.episode.nunique()} episodes x {t.seed.nunique()} seeds"
 
 
 def direction(interval: dict) -> str:

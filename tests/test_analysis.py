@@ -139,3 +139,48 @@ def test_noise_vs_drift_ratio_at_the_papers_constants():
     scale = an.noise_vs_drift([1e-3, 1e-4], gamma=0.1, clip=0.1).set_index("eta")
     assert scale.loc[1e-3, "ratio"] == pytest.approx(math.sqrt(2e-4) / 1e-4)  # 141
     assert scale.loc[1e-4, "ratio"] == pytest.approx(math.sqrt(2e-5) / 1e-5)  # 447
+
+
+def test_cluster_bootstrap_resamples_whole_episodes():
+    # Two episodes, each with three seeds that agree exactly: with clusters, every resample is a
+    # mix of whole episodes, so the resampled means can only be 0, 0.5 or 1 (weighted by size);
+    # as six independent values they also take 1/6, 2/6, ...
+    values = [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
+    episodes = ["a", "a", "a", "b", "b", "b"]
+    clustered = an.cluster_bootstrap(values, episodes, n_boot=4000, level=0.5)
+    assert clustered["clusters"] == 2 and clustered["n"] == 6 and clustered["mean"] == 0.5
+    assert {clustered["low"], clustered["high"]} <= {0.0, 0.5, 1.0}
+    plain = an.cluster_bootstrap(values, n_boot=4000, level=0.5)
+    assert plain["clusters"] == 6
+    # Episode variance is counted once per episode, not once per seed: the clustered interval is wider.
+    assert an.cluster_bootstrap(values, episodes)["high"] - an.cluster_bootstrap(values, episodes)["low"] > \
+        plain["high"] - plain["low"]
+
+
+def test_cluster_bootstrap_weights_clusters_by_size_and_checks_labels():
+    constant = an.cluster_bootstrap([2.0, 2.0, 2.0], ["x", "y", "y"])
+    assert constant["low"] == constant["high"] == 2.0
+    with pytest.raises(ValueError, match="cluster labels"):
+        an.cluster_bootstrap([1.0, 2.0], ["x"])
+
+
+def test_episode_differences_pair_each_trajectory_and_count_episodes():
+    rows = []
+    for seed in (0, 1):
+        rows += trajectory([0.2, 0.5], [0.1, 0.9], episode="e0", seed=seed)  # T = O = step 1: +30 points
+        rows += trajectory([0.6, 0.4], [0.1, 0.9], episode="e1", seed=seed)  # T = step 1: -20; O = B
+    diffs = an.episode_differences(an.to_frame(rows)).set_index("contrast")
+    assert diffs.loc["T-B masked-image", "mean"] == pytest.approx((30 - 20) / 2)
+    assert diffs.loc["O-B", "mean"] == pytest.approx(30 / 2)
+    assert diffs.loc["O-T masked-image", "mean"] == pytest.approx(20 / 2)
+    assert (diffs.episodes == 2).all() and (diffs.seeds == 2).all() and (diffs.n == 4).all()
+    assert diffs.loc["T-B masked-image", "low"] == pytest.approx(-20) and diffs.loc["T-B masked-image", "high"] == pytest.approx(30)
+
+
+def test_headline_metric_is_class_wise_only_with_ten_episodes_per_class():
+    def picked(per_class):
+        return pd.DataFrame([{"class": c, "episode": f"{c}{i}"} for c, n in per_class.items() for i in range(n)])
+    assert an.headline_metric(picked({"a": 10, "b": 12})) == "miou"
+    assert an.headline_metric(picked({"a": 10, "b": 9})) == "mean_iou"
+    rows = trajectory([0.5], [1.0], episode="e0") + trajectory([0.5], [1.0], episode="e1", seed=1)
+    assert an.counts_note(an.to_frame(rows)) == "n = 2 episodes x 2 seeds"
