@@ -108,7 +108,9 @@ def cmd_evaluate(args) -> int:
     from .models.encoding import Encoder
     from .models.loading import load_sam, resolve_device
     from .results import ResultsFile
+    from .select import rule
 
+    rule(args.selector)  # an unknown name fails here, before any model is loaded
     model_type = "tiny" if args.backend == "tiny" else args.model_type
     if args.backend == "sam" and args.checkpoint is None:
         raise ValueError("--backend sam needs --checkpoint PATH to an official SAM checkpoint")
@@ -223,7 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reduction", default="sum", choices=["sum", "mean", "foreground"])
     p.add_argument("--grad-at", default="z0", choices=["z0", "zt"])
     p.add_argument("--divergence", default="kl", choices=["kl", "logd", "js"])
-    p.add_argument("--selector", default="masked-image", choices=["masked-image", "crop-pool", "pooled"])
+    p.add_argument("--selector", default="masked-image",
+                   help="top-1 selector, any of select.FAMILY: the release's (masked-image, masked-image-iou-margin, "
+                        "crop-pool, pooled), the fork's (guarded, rank-sum, median-rank, consensus), ours "
+                        "(contrastive, centred, prototype-iou, purity, vote), references (random, fixed-step, oracle)")
     p.add_argument("--resampling", default="fixed", choices=["fixed", "fresh"])
     p.add_argument("--released-point-order", action="store_true", help="PerSAM-F: the release's (row, col) quirk")
     p.add_argument("--persam-f-iters", type=int, default=1000, help="PerSAM-F's fine-tuning iterations")

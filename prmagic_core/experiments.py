@@ -36,7 +36,7 @@ import json
 import math
 import time
 import zlib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +53,9 @@ from .metrics import episode_counts
 from .refine import DecodeMemo, refine
 from .results import ResultsFile
 from .select import SELECTORS, oracle, select
+from .signals import DECODER, FEATURE, candidate_signals
 
-TABLE_VERSION = 1
+TABLE_VERSION = 2  # 2: each row carries the candidate's zero-pass signals
 BACKENDS = ("tiny", "sam")
 DEFAULT_ETA = {"object": 1e-3, "part": 1e-4}
 
@@ -155,7 +156,7 @@ PACKAGE = Path(__file__).resolve().parent
 # Modules whose edits do not invalidate cached tables: those that only read, plot or dispatch,
 # and this module itself, whose row-building code is versioned by TABLE_VERSION instead
 # (bump it when _rows or run_trajectory change what a row holds).
-PRESENTATION = {"experiments.py", "analysis.py", "toy.py", "viz.py", "figures.py", "bench.py", "cli.py"}
+PRESENTATION = {"experiments.py", "analysis.py", "study.py", "toy.py", "viz.py", "figures.py", "bench.py", "cli.py"}
 
 
 def source_sha1() -> str:
@@ -212,13 +213,19 @@ def prompts_array(text: str) -> np.ndarray:
 
 # ---------------------------------------------------------------- one trajectory, scored
 
+# Zero-pass signals recorded for every candidate beside the selectors' scores, so every rule of
+# the selector family (select.FAMILY) is scored offline from a table (prmagic_core.study).
+RECORDED_SIGNALS = FEATURE + DECODER
+
+
 @dataclass
 class Scored:
-    """A trajectory with every selector's scores and the oracle's choice."""
+    """A trajectory with every selector's scores, the recorded signals and the oracle's choice."""
 
     trajectory: object
     selections: dict
     oracle: object
+    signals: dict = field(default_factory=dict)
 
 
 def run_trajectory(prompter, encoder, episode, flow: FlowConfig, seed: int, steps: int, resampling: str,
@@ -233,7 +240,9 @@ def run_trajectory(prompter, encoder, episode, flow: FlowConfig, seed: int, step
     trajectory = refine(prompter, steps, flow, generator, resampling, memo=memo)
     selections = {name: select(name, trajectory.candidates, encoder, prompter.query, episode.support_images,
                                episode.support_masks) for name in selectors}
-    return Scored(trajectory, selections, oracle(trajectory.candidates, episode.query_mask))
+    signals = candidate_signals(RECORDED_SIGNALS, trajectory, encoder, prompter.query, episode.support_images,
+                                episode.support_masks)
+    return Scored(trajectory, selections, oracle(trajectory.candidates, episode.query_mask), signals)
 
 
 def _rows(scored: Scored, episode, baseline: str, flow_key: tuple, seed: int) -> list:
@@ -248,6 +257,8 @@ def _rows(scored: Scored, episode, baseline: str, flow_key: tuple, seed: int) ->
         for name, selection in scored.selections.items():
             row[f"score_{name}"] = selection.scores[t]
             row[f"chosen_{name}"] = int(selection.index == t)
+        for name, values in scored.signals.items():
+            row[f"signal_{name}"] = _blank(None if np.isnan(values[t]) else float(values[t]))
         row.update({"d_phi": _blank(step.d_phi), "drift_norm": _blank(step.drift_norm),
                     "noise_norm": _blank(step.noise_norm), "prompts": prompts_json(step.prompts),
                     "mask": mask_to_text(step.mask)})

@@ -18,7 +18,7 @@ from .data.episode import Episode
 from .flow import FlowConfig
 from .models.encoding import Encoder
 from .refine import DecodeMemo, Trajectory, refine
-from .select import oracle, select
+from .select import choose, oracle, rule
 from .timing import clock
 
 
@@ -68,8 +68,10 @@ def run_prepared(prompter: Prompter, encoder: Encoder, episode: Episode, steps: 
     t1 = clock(encoder.device)
     trajectory = refine(prompter, steps, flow, generator, resampling, memo)
     t2 = clock(encoder.device)
-    chosen = select(selector, trajectory.candidates, encoder, prompter.query,
-                    episode.support_images, episode.support_masks)
+    # Any selector of the family; the random reference draws from the episode's seed.
+    constants = {"seed": seed} if "seed" in rule(selector).constants else {}
+    chosen = choose(selector, trajectory, encoder, prompter.query, episode.support_images, episode.support_masks,
+                    truth=episode.query_mask, **constants)
     t3 = clock(encoder.device)
     best = oracle(trajectory.candidates, episode.query_mask) if episode.query_mask is not None else None
     return EpisodeResult(

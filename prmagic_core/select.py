@@ -31,8 +31,8 @@ table's recorded signals (:func:`apply`, the selector study scores every rule of
   candidate 0 unless its pick ranks no worse than candidate 0 on at least two criteria. Ranks
   as the fork: 1 - position / (K - 1) in a stable descending sort;
 - ours, aimed at masks that merge the target with a distractor or pick the wrong instance,
-  all at zero extra passes: ``contrastive``, ``centred``, ``prototype-iou``, ``vote`` (argmax of
-  the signal of that name); a candidate replaces candidate 0 only when it beats it by more
+  all at zero extra passes: ``contrastive``, ``centred``, ``prototype-iou``, ``purity``, ``vote``
+  (argmax of the signal of that name); a candidate replaces candidate 0 only when it beats it by more
   than ``delta`` (0 by default: plain argmax);
 - references no method can use: ``random`` (uniform, from ``seed``), ``fixed-step`` (``step``),
   ``oracle`` (the ground truth).
@@ -135,7 +135,8 @@ class Rule:
 
 
 FORK_CRITERIA = ("masked-image", "iou_prediction", "stability", "margin")
-OWN_SIGNALS = {"contrastive": "contrastive", "centred": "centred", "prototype-iou": "prototype_iou", "vote": "vote"}
+OWN_SIGNALS = {"contrastive": "contrastive", "centred": "centred", "prototype-iou": "prototype_iou", "purity": "purity",
+               "vote": "vote"}
 FAMILY = {
     "masked-image": Rule(("masked-image", "iou_prediction", "margin"), {"alpha_s": 0.0, "beta_s": 0.0}, "release"),
     "masked-image-iou-margin": Rule(("masked-image", "iou_prediction", "margin"), {"alpha_s": 0.25, "beta_s": 0.10},
@@ -225,7 +226,8 @@ def rule(name: str) -> Rule:
 
 def apply(name: str, signals: dict, passes: int = 0, **constants) -> Selection:
     """Selector ``name`` on one trajectory's recorded ``signals`` ({signal: (K,) array}; ``step`` is
-    0..K-1 and ``iou`` the ground truth's, for the references); ``constants`` override the rule's defaults. ``passes``: what its signals cost (see :func:`signals.extra_passes`)."""
+    0..K-1 and ``iou`` the ground truth's, for the references); ``constants`` override the rule's
+    defaults; ``passes``: what its signals cost (:func:`~prmagic_core.signals.extra_passes`)."""
     spec = rule(name)
     unknown = set(constants) - set(spec.constants)
     if unknown:
@@ -241,7 +243,7 @@ def choose(name: str, trajectory, encoder: Encoder, query: Encoded, support_imag
            truth: np.ndarray | None = None, **constants) -> Selection:
     """Selector ``name`` of :data:`FAMILY` on a live trajectory: the signals it reads, computed on the
     episode's encodings, then its rule; ``truth`` (the query's mask) only for the ``oracle`` reference."""
-    from .signals import candidate_signals, extra_passes
+    from .signals import candidate_signals, distinct_reencoded, extra_passes
 
     spec = rule(name)
     candidates = trajectory.candidates
@@ -252,4 +254,4 @@ def choose(name: str, trajectory, encoder: Encoder, query: Encoded, support_imag
         if truth is None:
             raise ValueError("the oracle needs the query's ground-truth mask")
         signals["iou"] = np.array(oracle(candidates, truth).scores)
-    return apply(name, signals, extra_passes(wanted, candidates), **constants)
+    return apply(name, signals, extra_passes(wanted, distinct_reencoded(candidates)), **constants)

@@ -24,6 +24,8 @@ From the episode's own encodings, the query's z0 and the support's (no extra pas
 - ``prototype_iou``: soft IoU between the candidate's cell coverage and the cells of z0 that
   are closer to the support's foreground prototype than to its background prototype: a
   nearest-prototype segmentation of the query that the candidate should agree with.
+- ``purity``: the share of the candidate's cells (weighted by coverage) in that region: a mask
+  merged with a distractor or the background adds cells of the other side.
 
 Re-encoding (the release's and the paper's representations, select.py): ``masked-image`` and
 ``crop-pool``. :func:`extra_passes` counts what they cost on a fresh encoder.
@@ -34,13 +36,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .masks import iou
+from .masks import box_of, iou
 from .models.encoding import Encoded, Encoder, to_grid, to_image_frame
 from .select import _pool, select
 
 REENCODING = ("masked-image", "crop-pool")
 RELEASE = REENCODING + ("pooled",)  # select.py's cosines
-FEATURE = ("contrastive", "centred", "prototype_iou")
+FEATURE = ("contrastive", "centred", "prototype_iou", "purity")
 DECODER = ("iou_prediction", "margin", "stability", "vote")
 SIGNALS = RELEASE + FEATURE + DECODER
 
@@ -91,15 +93,16 @@ class EpisodeFeatures:
         if name == "centred":
             centred = z - self.mean[None, :, None, None]
             return np.array([float(_pool(query, c, centred) @ self.support_centred) for c in candidates])
-        if name == "prototype_iou":
+        if name in ("prototype_iou", "purity"):
             cells = F.normalize(z[0].flatten(1), dim=0)
             closer = (self.foreground @ cells > self.background @ cells).reshape(query.grid).float()
             region = closer * (to_grid(np.ones(query.original_size, dtype=bool), query) > 0)
             out = []
             for c in candidates:
                 cover = to_grid(c, query)
-                union = torch.maximum(cover, region).sum()
-                out.append(float(torch.minimum(cover, region).sum() / union) if union > 0 else 0.0)
+                inside = torch.minimum(cover, region).sum()
+                whole = torch.maximum(cover, region).sum() if name == "prototype_iou" else cover.sum()
+                out.append(float(inside / whole) if whole > 0 else 0.0)
             return np.array(out)
         raise ValueError(f"no feature signal {name!r}; feature signals: {FEATURE}")
 
@@ -130,9 +133,18 @@ def candidate_signals(names, trajectory, encoder: Encoder, query: Encoded, suppo
     return out
 
 
-def extra_passes(names, candidates) -> int:
-    """Encoder passes the re-encoding signals among ``names`` cost one episode on a fresh encoder:
-    one per distinct candidate whose re-encoded image is not the query image itself (an empty
-    or full mask re-encodes the query, already encoded), plus the support's, per signal."""
-    distinct = {m.tobytes() for m in (np.asarray(c, dtype=bool) for c in candidates) if m.any() and not m.all()}
-    return sum(len(distinct) + 1 for name in names if name in REENCODING)
+def distinct_reencoded(candidates) -> dict:
+    """How many distinct images each re-encoding signal must encode for ``candidates``: masked
+    images of distinct masks, crops of distinct boxes, leaving out those that are the query image
+    itself (an empty or full mask, a box over the whole image: the query is already encoded)."""
+    masks = [np.asarray(c, dtype=bool) for c in candidates]
+    kept = [m for m in masks if m.any() and not m.all()]
+    boxes = {tuple(box_of(m).astype(int)) for m in kept}
+    whole = (0, 0, masks[0].shape[1] - 1, masks[0].shape[0] - 1) if masks else None
+    return {"masked-image": len({m.tobytes() for m in kept}), "crop-pool": len(boxes - {whole})}
+
+
+def extra_passes(names, reencoded: dict) -> int:
+    """Encoder passes the signals ``names`` cost one episode on a fresh encoder: per re-encoding
+    signal, its distinct images (:func:`distinct_reencoded`) and the support's."""
+    return sum(reencoded[name] + 1 for name in names if name in REENCODING)
