@@ -36,7 +36,7 @@ import json
 import math
 import time
 import zlib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -538,11 +538,18 @@ class Trace:
 
 def miss_cases(lab: "Lab", table: pd.DataFrame, selector: str, k: int, n_episodes: int) -> list:
     """The ``k`` worst selector misses as panels for :func:`prmagic_core.viz.misses_figure` (masks from the table)."""
+    misses = selector_misses(table, selector, k).rename(columns={f"step_T {selector}": "step_T"})
+    return miss_panels(lab, table, misses, selector, n_episodes)
+
+
+def miss_panels(lab: "Lab", table: pd.DataFrame, misses: pd.DataFrame, selector: str, n_episodes: int) -> list:
+    """Panels of :func:`prmagic_core.viz.misses_figure` for the trajectories of ``misses`` (one row
+    each, with the steps ``step_T`` and ``step_O`` chosen), masks and prompts read from ``table``."""
     cases = []
-    for miss in selector_misses(table, selector, k).to_dict("records"):
+    for miss in misses.to_dict("records"):
         rows = candidate_rows(table, miss).set_index("step")
         episode = lab.episode_by_id(miss["episode"], n_episodes)
-        picks_ = {"B": 0, f"T {selector}": int(miss[f"step_T {selector}"]), "O": int(miss["step_O"])}
+        picks_ = {"B": 0, f"T {selector}": int(miss["step_T"]), "O": int(miss["step_O"])}
         cases.append({
             "image": episode.query_image, "truth": episode.query_mask,
             "masks": {label: text_to_mask(rows.loc[t, "mask"]) for label, t in picks_.items()},
@@ -551,6 +558,28 @@ def miss_cases(lab: "Lab", table: pd.DataFrame, selector: str, k: int, n_episode
             "title": f"{miss['class']} ({miss['baseline']}, eta {miss['eta']:g}, seed {miss['seed']})",
         })
     return cases
+
+
+def study_tables(setup: Setup, baselines, kinds, n_dev: int, n_test: int, seeds, steps: int = 5,
+                 dev_seed: int = 0, test_seed: int = 1, cache_dir="build/cache", etas: dict | None = None,
+                 progress: bool = True) -> dict:
+    """The selector study's tables: ``{(baseline, kind): (development, test)}``.
+
+    Development: the first ``n_dev`` episodes of episode seed ``dev_seed``, noise seed ``seeds[0]``;
+    test: the first ``n_test`` of ``test_seed`` (other scenes), every noise seed in ``seeds``;
+    eta: ``etas[kind]``, by default the kind's (1e-3 objects, 1e-4 parts).
+    """
+    etas = {**DEFAULT_ETA, **(etas or {})}
+    tables = {}
+    for kind in kinds:
+        labs = [Lab(replace(setup, kind=kind, data_seed=s), cache_dir) for s in (dev_seed, test_seed)]
+        for baseline in baselines:
+            def sweep(n, noise):
+                return Sweep(baselines=(baseline,), etas=(etas[kind],), seeds=tuple(noise), episodes=n, steps=steps)
+
+            tables[(baseline, kind)] = (labs[0].sweep(sweep(n_dev, seeds[:1]), progress),
+                                        labs[1].sweep(sweep(n_test, seeds), progress))
+    return tables
 
 
 # ---------------------------------------------------------------- headline numbers

@@ -18,6 +18,8 @@ Profiles (tiny backend, baselines PerSAM-F and Matcher):
   Budget 5 minutes on a 2-core CPU; measured 94 s (2 cores shared
   with a training job, niced, one thread).
 - ``full``: 24 episodes, eta in {1e-2, 1e-3, 1e-4, 1e-5}, T = 5, seeds 0-2.
+  07_selector_study takes its own episode counts (:data:`NOTEBOOK_PROFILES`): smoke 4 development
+  + 6 test episodes per cell, full 100 + 300, at each kind's default eta.
   Budget 30 minutes on a 2-core CPU; estimated ~21 minutes under the same
   contention from measured per-trajectory costs (the run itself was not completed).
 
@@ -61,6 +63,13 @@ FIGURES = {
     "04_oracle_vs_top1": ("04_bto", "04_scatter", "04_misses"),
     "05_drift_vs_noise": ("05_regimes", "05_regime_steps", "05_norms"),
     "06_main_results": ("06_main_results",),
+    "07_selector_study": ("07_closure", "07_tau", "07_misses"),
+}
+# A notebook's own values on top of a profile: the selector study reports on many more test
+# episodes than the sweeps (the protocol: >= 300 x 3 seeds per cell), at each kind's eta.
+NOTEBOOK_PROFILES = {
+    "07_selector_study": {"smoke": {"n_episodes": 6, "n_dev_episodes": 4, "etas": None},
+                          "full": {"n_episodes": 300, "n_dev_episodes": 100, "etas": None}},
 }
 
 
@@ -151,7 +160,8 @@ def run(args) -> int:
     seconds = {}
     with kernel_environment():
         for name in names:
-            parameters = {k: v for k, v in wanted.items() if k in declared[name]}
+            own = {**wanted, **NOTEBOOK_PROFILES.get(name, {}).get(args.profile, {}), **overrides}
+            parameters = {k: v for k, v in own.items() if k in declared[name]}
             executed = build_dir / f"{name}.ipynb"
             print(f"[figures] {name} ...", file=sys.stderr, flush=True)
             start = time.perf_counter()

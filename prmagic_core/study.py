@@ -65,7 +65,7 @@ def selector_picks(table, name: str, with_tau: bool = True, **constants) -> pd.D
         chosen = apply(name, signals, extra_passes(FAMILY[name].signals, reencoded), **extra)
         ious = signals["iou"]
         row = {**meta, "iou_B": ious[0], "iou_T": ious[chosen.index], "iou_O": ious.max(), "step_T": chosen.index,
-               "fallback": chosen.fallback, "passes": chosen.passes}
+               "step_O": int(np.argmax(ious)), "fallback": chosen.fallback, "passes": chosen.passes}
         if with_tau:
             row["tau"] = _tau(chosen.scores, ious)
         rows.append(row)
@@ -160,14 +160,18 @@ def cell_summary(chosen: pd.DataFrame, release: pd.DataFrame, n_boot: int = 2000
     }
 
 
-def best_selector(summaries: dict, floor: float = -0.25) -> str | None:
+def best_selector(summaries: dict, floor: float = -0.25) -> str:
     """The selector of highest closure among the non-references whose 95% lower bound on
-    T_new - T_release is >= ``floor`` points (the release itself always qualifies)."""
-    eligible = {n: s for n, s in summaries.items() if n not in REFERENCES and s["t_minus_release"]["low"] >= floor
-                and np.isfinite(s["closure"]["mean"])}
-    if not eligible:
-        return None
-    return max(eligible, key=lambda n: (eligible[n]["closure"]["mean"], n == RELEASE))
+    T_new - T_release is >= ``floor`` points; the release itself always qualifies (its difference is
+    0) and wins ties, and an undefined closure (no oracle gap) ranks last."""
+    eligible = [n for n, s in summaries.items()
+                if n == RELEASE or (n not in REFERENCES and s["t_minus_release"]["low"] >= floor)]
+
+    def key(name):
+        value = summaries[name]["closure"]["mean"] if name in summaries else math.nan
+        return (value if np.isfinite(value) else -math.inf, name == RELEASE)
+
+    return max(eligible, key=key)
 
 
 def study_cell(dev: pd.DataFrame, test: pd.DataFrame, names=None, n_boot: int = 2000) -> tuple[dict, dict]:
@@ -192,3 +196,21 @@ def summary_frame(summaries: dict) -> pd.DataFrame:
                 row[metric] = value
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def worst_misses(chosen: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The ``k`` trajectories of :func:`selector_picks` whose pick falls furthest below the oracle's IoU."""
+    scored = chosen.assign(gap=chosen.iou_O - chosen.iou_T)
+    return scored[scored.gap > 0].sort_values("gap", ascending=False).head(k).reset_index(drop=True)
+
+
+def finite_or_none(value):
+    """``value`` with every non-finite float replaced by None (a headline record holds finite numbers only:
+    a closure without an oracle gap, a tau where no score varied, are "not defined", not NaN)."""
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+        return None
+    return value

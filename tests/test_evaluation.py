@@ -223,3 +223,18 @@ def test_paper_table_runs_cells_writes_the_table_and_resumes(paper_table, tmp_pa
     before = (out / "table.csv").read_text()
     assert paper_table.main(argv + ["--launcher", str(tmp_path / "no-such-python")]) == 0
     assert (out / "table.csv").read_text() == before
+
+
+@pytest.mark.parametrize("selector", ["guarded", "vote", "oracle", "random"])
+def test_evaluate_takes_any_selector_of_the_family(selector):
+    run = ["evaluate", "--backend", "tiny", "--baseline", "persam", "--episodes", "2", "--steps", "2", "--eta", "0.5",
+           "--device", "cpu", "--selector", selector, "--json"]
+    code, summary, _ = run_cli(*run)
+    assert code == 0 and summary["settings"]["selector"] == selector and summary["episodes"] == 2
+    if selector == "oracle":
+        assert summary["top1_miou"] == summary["oracle_miou"]
+
+
+def test_an_unknown_selector_is_one_line():
+    code, _, err = run_cli("evaluate", "--selector", "best-of-all", "--episodes", "1")
+    assert code == 2 and "selector must be one of" in err and len(err.strip().splitlines()) == 1

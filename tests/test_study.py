@@ -75,6 +75,8 @@ def test_best_selector_needs_the_lower_bound_on_the_gain_over_the_release():
                  "oracle": summary(1.0, 5.0)}
     assert study.best_selector(summaries) == "contrastive"
     assert study.best_selector({**summaries, "contrastive": summary(0.3, -0.5)}) == "masked-image"
+    no_gap = {n: summary(float("nan"), 0.0) for n in ("masked-image", "vote")}
+    assert study.best_selector(no_gap) == "masked-image"
 
 
 def test_tune_picks_the_development_constants_by_mean_iou():
@@ -93,3 +95,27 @@ def test_tune_picks_the_development_constants_by_mean_iou():
     picks = study.selector_picks(trajectories, "vote", delta=0.01)
     np.testing.assert_array_equal(picks.step_T, [0, 1])
     assert list(picks.fallback) == [True, False]
+
+
+def test_worst_misses_sorted_by_the_gap_to_the_oracle_and_empty_without_one():
+    episodes = ["a", "b", "c"]
+    chosen = _frame([0.5] * 3, [0.5, 0.2, 0.6], [0.9, 0.8, 0.6], episodes)
+    misses = study.worst_misses(chosen, 5)
+    assert list(misses.episode) == ["b", "a"] and misses.gap.tolist() == pytest.approx([0.6, 0.4])
+    assert study.worst_misses(chosen[chosen.episode == "c"], 2).empty
+
+
+def test_study_figures_render_from_summaries(tmp_path):
+    from prmagic_core import viz
+
+    episodes = [f"e{i}" for i in range(6)]
+    b = np.full(6, 0.5)
+    release = _frame(b, b + 0.01, b + 0.05, episodes)
+    summaries = {"masked-image": study.cell_summary(release, release, n_boot=50),
+                 "vote": study.cell_summary(_frame(b, b + 0.03, b + 0.05, episodes), release, n_boot=50),
+                 "oracle": study.cell_summary(_frame(b, b + 0.05, b + 0.05, episodes), release, n_boot=50)}
+    frame = pd.concat([study.summary_frame(summaries).assign(cell=c) for c in ("persam_f, objects", "matcher, parts")])
+    assert set(frame.family) == {"release", "ours", "reference"}
+    assert frame[frame.selector == "vote"].closure.iloc[0] == pytest.approx(0.5)
+    for fig, name in ((viz.closure_figure(frame), "closure"), (viz.tau_figure(frame), "tau")):
+        assert len(viz.save(fig, name, tmp_path)) == 2 and (tmp_path / f"{name}.png").stat().st_size > 0
