@@ -174,13 +174,13 @@ def _weighted(signals: dict, alpha_s: float, beta_s: float) -> np.ndarray:
 def _fork_choice(name: str, signals: dict) -> tuple:
     """(scores, pick) of ``rank-sum``, ``median-rank`` or ``consensus``, before the fallback."""
     ranks = fork_ranks(signals)
-    median = np.median(ranks, axis=0)
+    mean, median = ranks.mean(axis=0), np.median(ranks, axis=0)
+    if name == "rank-sum":
+        return mean, _first_best(mean)
     if name == "median-rank":
         return median, _first_best(median)
-    votes = np.bincount(np.argmax(ranks, axis=1), minlength=ranks.shape[1])
-    if name == "consensus" and votes.max() < 3:
-        return ranks.mean(axis=0), _first_best(median)
-    return ranks.mean(axis=0), _first_best(votes if name == "consensus" else ranks.mean(axis=0))
+    votes = np.bincount(np.argmax(ranks, axis=1), minlength=ranks.shape[1])  # first places per candidate
+    return mean, _first_best(votes) if votes.max() >= 3 else _first_best(median)
 
 
 def _rule_choice(name: str, signals: dict, constants: dict) -> tuple:
