@@ -2,9 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -58,8 +60,8 @@ floor = -0.25  # the best rule needs a 95% lower bound on T_new - T_release of a
 n_boot = 2000
 n_misses = 4
 device = "auto"
-out_dir = "../figures"
-cache_dir = "build/cache"
+out_dir = None  # figures + headline JSON; None: notebooks/build/figures (relative: from the repository)
+cache_dir = None  # result tables; None: notebooks/build/cache (relative: from the repository)
 
 # %%
 NOTEBOOK = "07_selector_study"
@@ -70,8 +72,9 @@ from IPython.display import Markdown, display
 
 from prmagic_core import analysis as an, experiments as ex, study, viz
 from prmagic_core.baselines import BASELINES
-from prmagic_core.select import FAMILY
+from prmagic_core.figures import notebook_dirs
 
+out_dir, cache_dir = notebook_dirs(out_dir, cache_dir)  # absolute, whatever the working directory
 viz.use_style()
 figures = viz.FigureSet(out_dir, prefix=NOTEBOOK[:2])
 setup = ex.Setup(backend=backend, checkpoint=checkpoint, model_type=model_type, dinov2_checkpoint=dinov2_checkpoint,
@@ -184,5 +187,5 @@ numbers = {"best": headline, "goal_met": bool(met), "failed_trajectories": faile
                                 for r in rows.itertuples()}
                          for cell, rows in results.groupby("cell", sort=False)},
            "constants": constants}
-ex.write_headline(NOTEBOOK, study.finite_or_none(numbers), settings, figures.names, out_dir)
-display(Markdown(f"Wrote `{out_dir}/{NOTEBOOK}.json` and {len(figures.names)} figures."))
+record = ex.write_headline(NOTEBOOK, study.finite_or_none(numbers), settings, figures.names, out_dir)
+print("Wrote", record, *figures.paths, sep="\n  ")

@@ -12,15 +12,10 @@ numbers. The columns both sides agree on are named here (:data:`KEY`, :data:`COU
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
-
 import numpy as np
 import pandas as pd
 
 from .metrics import METRIC_NAMES, IoUAccumulator
-
-if TYPE_CHECKING:
-    from .experiments import Sweep
 
 SETTING = ("baseline", "eta", "gamma", "drift")
 TRAJECTORY = SETTING + ("seed", "episode")
@@ -62,15 +57,6 @@ def to_frame(rows) -> pd.DataFrame:
             frame[column] = pd.to_numeric(frame[column].replace("", np.nan))
     frame["drift"] = frame["drift"].astype(str) == "True"
     return frame
-
-
-def select_rows(frame: pd.DataFrame, sweep: Sweep, episode_ids) -> pd.DataFrame:
-    """The rows of ``frame`` inside ``sweep``'s grid and episodes (a table file may hold more)."""
-    if frame.empty:
-        return frame
-    keep = (frame.baseline.isin(sweep.baselines) & frame.eta.isin(sweep.etas) & frame.gamma.isin(sweep.gammas)
-            & frame.drift.isin(sweep.drifts) & frame.seed.isin(sweep.seeds) & frame.episode.isin(list(episode_ids)))
-    return frame[keep].sort_values(list(KEY)).reset_index(drop=True)
 
 
 def ok(table: pd.DataFrame) -> pd.DataFrame:

@@ -25,14 +25,15 @@ SWEEP_ETAS = (1e-2, 1e-3, 1e-4, 1e-5)
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--backend", default="tiny", choices=["tiny", "sam"])
-    parser.add_argument("--checkpoint", default=None)
-    parser.add_argument("--model-type", default="vit_b", choices=["vit_b", "vit_l", "vit_h"])
-    parser.add_argument("--baseline", default="persam_f", choices=["persam", "persam_f"])
-    parser.add_argument("--episodes", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--backend", default="tiny", choices=["tiny", "sam"], help="SAM-Tiny or an official checkpoint")
+    parser.add_argument("--checkpoint", default=None, help="official SAM checkpoint (sam backend)")
+    parser.add_argument("--model-type", default="vit_b", choices=["vit_b", "vit_l", "vit_h"],
+                        help="which official SAM --checkpoint is")
+    parser.add_argument("--baseline", default="persam_f", choices=["persam", "persam_f"], help="the baseline to time")
+    parser.add_argument("--episodes", type=int, default=4, help="ShapeWorld episodes timed")
+    parser.add_argument("--steps", type=int, default=5, help="refinement steps T")
+    parser.add_argument("--seed", type=int, default=0, help="episodes and PR-MaGIC's noise")
+    parser.add_argument("--device", default="auto", help="auto: cuda when available, else cpu")
 
 
 class Meter:

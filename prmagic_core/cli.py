@@ -1,12 +1,16 @@
-"""The ``prmagic`` command: info, train-tiny, evaluate-tiny, evaluate."""
+"""The ``prmagic`` command. ``prmagic COMMAND --help`` describes each command and its flags."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
+import math
 import platform
 import sys
+import warnings
 from pathlib import Path
+
+from .errors import InputWarning, UserError
 
 
 def _print_json_last(obj: dict) -> None:
@@ -48,9 +52,30 @@ def cmd_info(args) -> int:
     if args.json:
         _print_json_last(info)
     else:
+        card = info.pop("tiny_card", None)
         for key, value in info.items():
+            if isinstance(value, dict):
+                value = "; ".join(f"{k}: {v}" for k, v in value.items())
             print(f"{key:>22}: {value}")
+        if card is not None:
+            print(card_lines(card))
     return 0
+
+
+def card_lines(card: dict) -> str:
+    """SAM-Tiny's weights card in a few readable lines (``--json`` keeps the whole card)."""
+    evaluation, arch = card.get("evaluation", {}), card.get("architecture", {})
+    quality = ", ".join(f"{k} {evaluation[k]:.3f}" for k in ("point_miou", "part_point_miou", "box_miou") if k in evaluation)
+    return "\n".join([
+        f"{'tiny weights card':>22}: {card.get('command', '?')} (seed {card.get('seed', '?')}, "
+        f"{card.get('steps', '?')} steps, {card.get('wall_seconds', 0) / 60:.0f} min wall time, final loss "
+        f"{card.get('final_loss', float('nan')):.3f})",
+        f"{'':>22}  {arch.get('img_size', '?')} px input, patch {arch.get('patch_size', '?')}, "
+        f"encoder {arch.get('encoder_dim', '?')}-d x {arch.get('encoder_depth', '?')} blocks, "
+        f"decoder {arch.get('embed_dim', '?')}-d x {arch.get('decoder_depth', '?')} blocks",
+        f"{'':>22}  quality on {evaluation.get('episodes', '?')} held-out ShapeWorld episodes "
+        f"({evaluation.get('metric', '')}): {quality}",
+    ])
 
 
 def cmd_train_tiny(args) -> int:
@@ -64,7 +89,7 @@ def cmd_train_tiny(args) -> int:
     torch.set_num_threads(args.threads)
     cfg = TrainConfig(steps=args.steps, scenes=args.scenes, seed=args.seed)
     out_dir = Path(args.out_dir)
-    summary = train(cfg, out_dir, resume=args.resume)
+    summary = train(cfg, out_dir, resume=args.resume, overwrite=args.overwrite)
     evaluation = evaluate_tiny(load_sam("tiny", out_dir / "sam_tiny.pt"), episodes=args.eval_episodes)
     command = "prmagic train-tiny " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["train-tiny"] else "prmagic train-tiny"
     card = write_card(out_dir / "sam_tiny.json", summary, evaluation, command)
@@ -99,11 +124,23 @@ def _load_episodes(args, size: int):
     return load_source(args.dataset, args.data_root, fold=args.fold, shots=args.shots, seed=args.seed)
 
 
+TINY_ONLY_SHAPEWORLD = ("prmagic evaluate: warning: SAM-Tiny (--backend tiny) was trained on ShapeWorld only, so its masks "
+                        "of other images mean little; pass an official checkpoint: --backend sam --model-type vit_h "
+                        "--checkpoint /path/to/sam_vit_h_4b8939.pth")
+
+
+def looks_like_shapeworld(args, episodes) -> bool:
+    """Generated ShapeWorld, or folder episodes of ShapeWorld's 128-px square images (data_samples/shapeworld)."""
+    if args.data is None:
+        return args.dataset == "shapeworld"
+    return all(episode.query_image.shape[:2] == (128, 128) for episode in episodes)
+
+
 def cmd_evaluate(args) -> int:
     from . import distributed
     from .baselines import make_baseline
     from .data.sources import kind_of
-    from .evaluation import accumulate, episode_ids, evaluate, in_protocol_order, shard_path, summarise
+    from .evaluation import accumulate, bto_table, episode_ids, evaluate, failure_lines, in_protocol_order, shard_path, summarise
     from .flow import FlowConfig
     from .models.encoding import Encoder
     from .models.loading import load_sam, resolve_device
@@ -123,6 +160,8 @@ def cmd_evaluate(args) -> int:
         episodes = _load_episodes(argparse.Namespace(**{**vars(args), "seed": args.episode_seed}),
                                   sam.image_encoder.img_size)
         kind = kind_of(episodes, args.kind)
+        if args.backend == "tiny" and not looks_like_shapeworld(args, episodes):
+            print(TINY_ONLY_SHAPEWORLD, file=sys.stderr)
         eta = args.eta if args.eta is not None else (1e-3 if kind == "object" else 1e-4)
         flow = FlowConfig(eta=eta, gamma=args.gamma, clip=None if args.clip <= 0 else args.clip,
                           reduction=args.reduction, grad_at=args.grad_at, divergence=args.divergence)
@@ -153,7 +192,7 @@ def cmd_evaluate(args) -> int:
         rows = evaluate(baseline, Encoder(sam), episodes, steps=args.steps, flow=flow, selector=args.selector,
                         seed=args.seed, resampling=args.resampling, settings=settings, limit=limit,
                         out=shard_path(args.out, rank, world) if sharded_out else args.out,
-                        shard=(rank, world), progress=not args.json and rank == 0)
+                        shard=(rank, world), progress=not args.json and rank == 0, save_masks=args.save_masks)
         if world > 1:
             rows = in_protocol_order(distributed.gather_rows(rows), episode_ids(episodes, limit))
         if merged is not None:
@@ -165,71 +204,94 @@ def cmd_evaluate(args) -> int:
     code = 0 if summary["episodes"] else 1
     if rank != 0:
         return code
-    table = sys.stderr if args.json else sys.stdout
-    print(f"{'':>10} {'mIoU':>8} {'FB-IoU':>8} {'ep-FB-mIoU':>11}   ({summary['episodes']} episodes, "
-          f"{summary['failed_episodes']} failed)", file=table)
-    for v, label in (("baseline", "B"), ("top1", "T"), ("oracle", "O")):
-        print(f"{label + ' ' + v:>10} {summary[v + '_miou']:8.2f} {summary[v + '_fb_iou']:8.2f} "
-              f"{summary[v + '_episode_fb_miou']:11.2f}", file=table)
+    for line in failure_lines(rows):
+        print(f"prmagic evaluate: {line}", file=sys.stderr)
+    print(bto_table(summary), file=sys.stderr if args.json else sys.stdout)
     if args.json:
         _print_json_last(summary)
     return code
 
 
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default after its help, except where there is none to show (None, off, empty)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, [], argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """prmagic's parser; its subcommands' parsers are of the same class, so every help shows defaults."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prmagic", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="prmagic", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("info", help="versions, device, weights, which backends can run")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON line instead of readable lines")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("train-tiny", help="train SAM-Tiny on ShapeWorld (checkpoints, --resume)")
-    p.add_argument("--out-dir", default="runs/train-tiny")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--scenes", type=int, default=4000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--out-dir", default="runs/train-tiny", help="checkpoints, weights and their card")
+    p.add_argument("--steps", type=int, default=3000, help="optimiser steps")
+    p.add_argument("--scenes", type=int, default=4000, help="pre-drawn ShapeWorld training scenes")
+    p.add_argument("--seed", type=int, default=0, help="scenes, initialisation and batches")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out-dir")
+    p.add_argument("--overwrite", action="store_true", help="start over in a folder holding an earlier run")
     p.add_argument("--eval-episodes", type=int, default=200, help="held-out episodes for the card")
     p.set_defaults(func=cmd_train_tiny)
 
     p = sub.add_parser("evaluate-tiny", help="SAM-Tiny's point/box quality on held-out ShapeWorld")
     p.add_argument("--checkpoint", default=None, help="default: the shipped weights")
-    p.add_argument("--episodes", type=int, default=200)
-    p.add_argument("--seed", type=int, default=1000)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--episodes", type=int, default=200, help="held-out episodes of each kind")
+    p.add_argument("--seed", type=int, default=1000, help="evaluation seed (never shared with training scenes)")
+    p.add_argument("--json", action="store_true", help="last line: a JSON object with the numbers")
     p.set_defaults(func=cmd_evaluate_tiny)
 
     p = sub.add_parser("evaluate", help="B / T / O of a baseline with PR-MaGIC over episodes")
-    p.add_argument("--baseline", default="persam_f", choices=["persam", "persam_f", "matcher"])
+    p.add_argument("--baseline", default="persam_f", choices=["persam", "persam_f", "matcher"],
+                   help="the few-shot segmenter PR-MaGIC wraps")
     p.add_argument("--matcher-variant", default="released", choices=["released", "transport"],
                    help="how the SAM-space step reaches Matcher's matching features")
     p.add_argument("--dinov2-checkpoint", default=None,
                    help="Matcher on the sam backend: a local DINOv2 ViT-L/14 checkpoint (pip install '.[matcher-sam]')")
-    p.add_argument("--backend", default="tiny", choices=["tiny", "sam"])
+    p.add_argument("--backend", default="tiny", choices=["tiny", "sam"],
+                   help="tiny: the shipped SAM-Tiny (knows only ShapeWorld); sam: an official checkpoint")
     p.add_argument("--checkpoint", default=None, help="official SAM checkpoint (sam backend)")
-    p.add_argument("--model-type", default="vit_b", choices=["vit_b", "vit_l", "vit_h"])
+    p.add_argument("--model-type", default="vit_b", choices=["vit_b", "vit_l", "vit_h"],
+                   help="which official SAM --checkpoint is")
     p.add_argument("--dataset", default="shapeworld",
-                   choices=["shapeworld", "folder", "fss", "coco", "lvis", "paco", "pascal_part", "dis5k"])
-    p.add_argument("--data", default=None, help="a folder of episodes (folder format)")
+                   choices=["shapeworld", "folder", "fss", "coco", "lvis", "paco", "pascal_part", "dis5k"],
+                   help="episodes: generated ShapeWorld, a folder (--data) or a benchmark (--data-root)")
+    p.add_argument("--data", default=None,
+                   help="the folder that holds episode folders (<DIR>/<episode>/support.jpg, support_mask.png, query.jpg)")
     p.add_argument("--data-root", default=None, help="root of a benchmark's standard layout")
-    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--fold", type=int, default=0, help="benchmark fold")
     p.add_argument("--kind", default="object", choices=["object", "part"], help="ShapeWorld episodes")
-    p.add_argument("--shots", type=int, default=1)
+    p.add_argument("--shots", type=int, default=1, help="support images per episode")
     p.add_argument("--episodes", type=int, default=None, help="ShapeWorld: how many (default 100); others: at most")
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=5, help="refinement steps T (T + 1 candidates)")
     p.add_argument("--eta", type=float, default=None, help="default 1e-3 (objects) / 1e-4 (parts)")
-    p.add_argument("--gamma", type=float, default=0.1)
-    p.add_argument("--clip", type=float, default=0.1, help="0 turns clipping off")
-    p.add_argument("--reduction", default="sum", choices=["sum", "mean", "foreground"])
-    p.add_argument("--grad-at", default="z0", choices=["z0", "zt"])
-    p.add_argument("--divergence", default="kl", choices=["kl", "logd", "js"])
+    p.add_argument("--gamma", type=float, default=0.1, help="noise scale: std sqrt(2 eta gamma) per step")
+    p.add_argument("--clip", type=float, default=0.1, help="clip of the gradient's elements; 0 turns clipping off")
+    p.add_argument("--reduction", default="sum", choices=["sum", "mean", "foreground"],
+                   help="d_phi from the decoder's logits: sum (released), mean, or foreground pixels only")
+    p.add_argument("--grad-at", default="z0", choices=["z0", "zt"],
+                   help="gradient at the original embedding (released) or the moved one (the paper's equation)")
+    p.add_argument("--divergence", default="kl", choices=["kl", "logd", "js"], help="f-divergence: sets the drift weight")
     p.add_argument("--selector", default="masked-image",
                    help="top-1 selector, any of select.FAMILY: the release's (masked-image, masked-image-iou-margin, "
                         "crop-pool, pooled), the fork's (guarded, rank-sum, median-rank, consensus), ours "
                         "(contrastive, centred, prototype-iou, purity, vote), references (random, fixed-step, oracle)")
-    p.add_argument("--resampling", default="fixed", choices=["fixed", "fresh"])
+    p.add_argument("--resampling", default="fixed", choices=["fixed", "fresh"],
+                   help="fixed: the same random prompt choices every step; fresh: new ones (as released)")
     p.add_argument("--released-point-order", action="store_true", help="PerSAM-F: the release's (row, col) quirk")
     p.add_argument("--persam-f-iters", type=int, default=1000, help="PerSAM-F's fine-tuning iterations")
     p.add_argument("--seed", type=int, default=0, help="PR-MaGIC's noise (the release averages 42..46)")
@@ -237,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="under torchrun: cuda:LOCAL_RANK or cpu per rank")
     p.add_argument("--out", default=None,
                    help="results CSV, written per episode, resumable; under torchrun also one file per rank beside it")
+    p.add_argument("--save-masks", default=None, metavar="DIR",
+                   help="draw B, T, O and every candidate on each query image: DIR/<episode>/{B,T,O,candidate_<t>}.png")
     p.add_argument("--json", action="store_true", help="last line: a JSON object with the results and settings")
     p.set_defaults(func=cmd_evaluate)
 
@@ -252,13 +316,64 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Checked before any work, so that a bad value is one line naming its argument: dest -> (test, what it must be).
+ARGUMENT_RULES = {
+    "eta": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
+    "gamma": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
+    "clip": (math.isfinite, "a finite number (0 or less turns clipping off)"),
+    "episodes": (lambda v: v >= 1, "at least 1"),
+    "eval_episodes": (lambda v: v >= 1, "at least 1"),
+    "steps": (lambda v: v >= 0, "at least 0"),
+    "scenes": (lambda v: v >= 1, "at least 1"),
+    "threads": (lambda v: v >= 1, "at least 1"),
+    "shots": (lambda v: v >= 1, "at least 1"),
+    "fold": (lambda v: v >= 0, "at least 0"),
+    "seed": (lambda v: v >= 0, "at least 0"),
+    "episode_seed": (lambda v: v >= 0, "at least 0"),
+}
+
+
+def check_arguments(args) -> None:
+    """Raise a UserError naming the first numeric argument that breaks its rule in ARGUMENT_RULES."""
+    for dest, (valid, what) in ARGUMENT_RULES.items():
+        value = getattr(args, dest, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not valid(value):
+            raise UserError(f"--{dest.replace('_', '-')} must be {what}, got {value}")
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _warning_printer(command: str, show_other):
+    """A ``warnings.showwarning`` that prints an InputWarning as one line, and others as before."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, InputWarning):
+            print(f"prmagic {command}: warning: {_one_line(message)}", file=sys.stderr)
+        else:
+            show_other(message, category, filename, lineno, file, line)
+    return show
+
+
 def main(argv=None) -> int:
+    """Run one command. A user's mistake (any ValueError, UserError included, an OSError or a
+    non-finite flow) is one line on stderr and exit code 2; anything else is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as err:
-        print(f"prmagic {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", InputWarning)
+        warnings.showwarning = _warning_printer(args.command, warnings.showwarning)
+        try:
+            check_arguments(args)
+            return args.func(args)
+        except (ValueError, OSError, FloatingPointError) as err:
+            print(f"prmagic {args.command}: error: {_one_line(err)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            # Results and checkpoints are written atomically: a rerun (with --resume for train-tiny) continues.
+            print(f"prmagic {args.command}: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

@@ -16,12 +16,15 @@ import json
 import zlib
 from pathlib import Path
 
+from segment_anything.utils.transforms import ResizeLongestSide
 from tqdm.auto import tqdm
 
 from .baselines.base import Baseline
+from .errors import UserError
 from .flow import FlowConfig
 from .metrics import METRIC_NAMES, IoUAccumulator, episode_counts
 from .models.encoding import Encoder
+from .overlays import save_overlays
 from .pipeline import run_episode
 from .results import ResultsFile
 
@@ -71,6 +74,45 @@ def _failed_row(episode_id: str, class_name: str, err: Exception) -> dict:
     return {"episode": episode_id, "class": class_name, "status": "failed", "reason": f"{type(err).__name__}: {err}"}
 
 
+def failure_lines(rows, shown: int = 5) -> list:
+    """Why episodes failed: one line per failed episode for the first ``shown``, then a count of the rest."""
+    failed = [row for row in rows if row["status"] != "ok"]
+    lines = [f"episode {row['episode']} failed: {row['reason']}" for row in failed[:shown]]
+    if len(failed) > shown:
+        lines.append(f"... and {len(failed) - shown} more failed episodes (--out keeps every reason)")
+    return lines
+
+
+def _check_in_memory(episodes, ids: list, encoder: Encoder) -> None:
+    """Episodes already in memory (not a lazy benchmark) are checked before any work: each has
+    ground truth to score against, and images that survive SAM's resize to the encoder's input."""
+    if hasattr(episodes, "episode_ids"):
+        return
+    chosen = episodes[:len(ids)]
+    unscored = [episode.name for episode in chosen if episode.query_mask is None]
+    if unscored:
+        raise UserError(f"episode {unscored[0]} has no query mask to score against ({len(unscored)} of {len(ids)} "
+                        "episodes lack one; a folder episode needs query_mask.png)")
+    side = encoder.sam.image_encoder.img_size
+    for episode in chosen:
+        for image in (*episode.support_images, episode.query_image):
+            height, width = image.shape[:2]
+            if min(ResizeLongestSide.get_preprocess_shape(height, width, side)) < 1:
+                raise UserError(f"episode {episode.name}: a {width}x{height} image is too thin for the "
+                                f"{side}-pixel encoder input (its short side resizes to 0 pixels)")
+
+
+def check_row(row: dict) -> None:
+    """Raise ValueError on a stored row that :func:`accumulate` could not use (a resumed run computes it again)."""
+    if row["status"] == "ok":
+        for variant in VARIANTS:
+            counts = json.loads(row[f"counts_{variant}"])
+            if not (isinstance(counts, list) and len(counts) == 4 and all(isinstance(c, int) for c in counts)):
+                raise ValueError(f"counts_{variant} is not four integers")
+    elif row["status"] != "failed":
+        raise ValueError(f"unknown status {row['status']!r}")
+
+
 def accumulate(rows) -> dict:
     """B / T / O accumulators rebuilt from result rows."""
     accs = {v: IoUAccumulator() for v in VARIANTS}
@@ -97,12 +139,35 @@ def summarise(accs: dict, settings: dict) -> dict:
     return out
 
 
+def bto_table(summary: dict) -> str:
+    """The B / T / O table ``prmagic evaluate`` prints: rows are which mask, columns which metric, all in %."""
+    settings = summary.get("settings", {})
+    n, steps = summary["episodes"], settings.get("steps", "?")
+    rows = (("baseline", "B", "baseline: its own mask (step 0)"),
+            ("top1", "T", f"top-1: the {settings.get('selector', '')} selector's pick"),
+            ("oracle", "O", "oracle: the candidate of highest IoU"))
+    lines = [f"{n} episode{'' if n == 1 else 's'} ({summary['failed_episodes']} failed), "
+             f"{settings.get('baseline', '')} with PR-MaGIC, steps={steps}; rows: which mask, columns: which metric, in %",
+             f"{'':<42}{'mIoU %':>8}{'FB-IoU %':>10}{'ep-FB-mIoU %':>14}"]
+    for key, label, what in rows:
+        lines.append(f"{label} {what:<40}{summary[key + '_miou']:8.2f}{summary[key + '_fb_iou']:10.2f}"
+                     f"{summary[key + '_episode_fb_miou']:14.2f}")
+    lines.append("mIoU: class-wise (per class, summed intersection / summed union, then the mean over classes); "
+                 "FB-IoU: mean of foreground and background IoU; ep-FB-mIoU: each episode's mean of foreground and "
+                 "background IoU, averaged over episodes (the release's PerSAM script)")
+    return "\n".join(lines)
+
+
 def evaluate(baseline: Baseline, encoder: Encoder, episodes, steps: int = 5, flow: FlowConfig = FlowConfig(),
              selector: str = "masked-image", seed: int = 0, resampling: str = "fixed", out=None,
              settings: dict | None = None, shard: tuple = (0, 1), limit: int | None = None,
-             progress: bool = True) -> list:
+             progress: bool = True, save_masks=None) -> list:
     """Run this ``shard`` = (rank, world)'s share of the first ``limit`` episodes, skipping those already
     in ``out``; returns the shard's rows, the ones found in ``out`` included.
+
+    ``save_masks``: a folder; each episode run gets ``<save_masks>/<episode>/`` with its B, T, O and
+    every candidate drawn on the query image (:func:`prmagic_core.overlays.save_overlays`), also an
+    episode without a query mask, which is then recorded as failed (it cannot be scored).
 
     ``episodes`` is a sequence of :class:`Episode`, or any lazy sequence with ``episode_ids``.
     """
@@ -113,18 +178,24 @@ def evaluate(baseline: Baseline, encoder: Encoder, episodes, steps: int = 5, flo
     rank, world = shard
     if not 0 <= rank < world:
         raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
-    table = ResultsFile(out, settings) if out is not None else None
+    _check_in_memory(episodes, ids, encoder)
+    table = ResultsFile(out, settings, check_row=check_row) if out is not None else None
     rows = []
     todo = [i for i in range(rank, len(ids), world) if not (table and table.done(ids[i]))]
-    for index in tqdm(todo, disable=not progress, desc=f"{baseline.name} T={steps}"):
+    for index in tqdm(todo, disable=not progress, desc=f"{baseline.name} steps={steps}", unit="episode"):
         class_name = "?"
         try:
             episode = episodes[index]
             class_name = episode.class_name
-            if episode.query_mask is None:
-                raise ValueError(f"episode {ids[index]} has no query mask to score against")
+            unscored = f"episode {ids[index]} has no query mask to score against"
+            if episode.query_mask is None and save_masks is None:
+                raise ValueError(unscored)
             result = run_episode(baseline, encoder, episode, steps, flow, selector,
                                  episode_seed(seed, ids[index]), resampling)
+            if save_masks is not None:
+                save_overlays(Path(save_masks) / ids[index], episode, result)
+            if episode.query_mask is None:
+                raise ValueError(f"{unscored} (its masks are in {Path(save_masks) / ids[index]})")
             row = _row(episode, result)
         except EPISODE_ERRORS as err:
             row = _failed_row(ids[index], class_name, err)

@@ -44,7 +44,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .analysis import COUNTS, KEY, METRICS, candidate_rows, select_rows, selector_misses, to_frame
+from .analysis import COUNTS, KEY, METRICS, candidate_rows, selector_misses, to_frame
 from .baselines import make_baseline
 from .data.sources import kind_of, load_source
 from .evaluation import EPISODE_ERRORS, episode_ids, episode_seed
@@ -144,6 +144,14 @@ class Sweep:
     def flows(self) -> list:
         """(eta, gamma, drift) of every flow setting of the grid."""
         return [(e, g, d) for e in self.etas for g in self.gammas for d in self.drifts]
+
+    def rows_of(self, frame: pd.DataFrame, episode_ids) -> pd.DataFrame:
+        """The rows of ``frame`` inside this grid and these episodes (a table file may hold more)."""
+        if frame.empty:
+            return frame
+        keep = (frame.baseline.isin(self.baselines) & frame.eta.isin(self.etas) & frame.gamma.isin(self.gammas)
+                & frame.drift.isin(self.drifts) & frame.seed.isin(self.seeds) & frame.episode.isin(list(episode_ids)))
+        return frame[keep].sort_values(list(KEY)).reset_index(drop=True)
 
     def table_settings(self) -> dict:
         """The fields fixed for a table (everything but the grid axes and the episode count)."""
@@ -420,7 +428,7 @@ class Lab:
                             flush()
         finally:  # an interrupted sweep keeps every trajectory it finished
             flush()
-        return select_rows(to_frame(table.rows), sweep, ids)
+        return sweep.rows_of(to_frame(table.rows), ids)
 
     def _episode_rows(self, baseline: str, index: int, episode_id: str, missing: list, sweep: Sweep):
         """Yields the rows of each missing trajectory of one episode; the prompter is prepared once for all."""

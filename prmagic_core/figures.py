@@ -4,9 +4,13 @@
     prmagic figures --profile full              # the figures in figures/ (tiny backend, 2-core CPU)
     prmagic figures --only 04 -p n_misses 8     # one notebook, one parameter overridden
 
-Notebooks run in order with kernel ``python3`` and working directory ``notebooks/``; executed
-copies go to ``notebooks/build/`` (git-ignored), figures (PNG + PDF) and one headline JSON per
-notebook to ``figures/``. The tables behind them are cached in ``notebooks/build/cache/`` and
+Notebooks run in order with kernel ``python3``; executed copies go to ``notebooks/build/``
+(git-ignored), figures (PNG + PDF) and one headline JSON per notebook to ``figures/`` for the
+``full`` profile only (the committed figures README describes) and to ``notebooks/build/figures/``
+for every other profile, unless ``--out-dir`` says otherwise. A notebook run by hand (JupyterLab,
+papermill from any folder) writes under ``notebooks/build/`` too: relative paths are taken from the
+repository, never from the working directory (:func:`notebook_dirs`), and every notebook prints the
+absolute paths it wrote. The tables behind them are cached in ``notebooks/build/cache/`` and
 shared by all notebooks, so a second run only plots (``--fresh`` empties the cache first).
 A profile is a set of papermill parameters; ``-p NAME VALUE`` overrides one (VALUE is read as
 a Python literal when it is one, else as a string); each notebook receives the parameters it
@@ -46,6 +50,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+BUILD = REPO / "notebooks" / "build"
+COMMITTED_PROFILE = "full"  # the only profile whose figures land in <repo>/figures by default
 
 PROFILES = {
     "smoke": {"n_episodes": 6, "etas": [1e-2, 1e-3], "steps": 2, "seeds": [0],
@@ -54,6 +60,7 @@ PROFILES = {
 }
 
 # Every figure each notebook must write (as <out_dir>/<name>.png and .pdf), in running order.
+# A new notebook is one more entry here (notebooks/NN_name.py + .ipynb, written as a Jupytext pair).
 FIGURES = {
     "00_theory": ("00_drift_weights", "00_toy_flow", "00_toy_flow_retrained", "00_toy_flow_paper_constants",
                   "00_toy_distance", "00_noise_vs_drift"),
@@ -73,19 +80,34 @@ NOTEBOOK_PROFILES = {
 }
 
 
+def notebook_dirs(out_dir=None, cache_dir=None) -> tuple:
+    """A notebook's (out_dir, cache_dir) as absolute paths: None is ``notebooks/build/figures`` and
+    ``notebooks/build/cache``; a relative path is taken from the repository, never from the working
+    directory (JupyterLab runs a notebook in ``notebooks/``, papermill wherever it was started)."""
+    def absolute(path, default: Path) -> Path:
+        return default if path is None else (REPO / Path(path).expanduser()).resolve()
+
+    return absolute(out_dir, BUILD / "figures"), absolute(cache_dir, BUILD / "cache")
+
+
+def default_out_dir(profile: str, build_dir: Path) -> Path:
+    """Where figures go without ``--out-dir``: ``<repo>/figures`` for the full profile, else beside the build."""
+    return REPO / "figures" if profile == COMMITTED_PROFILE else build_dir / "figures"
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("--profile", default="full", choices=sorted(PROFILES), help="parameter set (default full)")
-    parser.add_argument("--backend", default=None, choices=["tiny", "sam"], help="default: the notebooks' (tiny)")
+    parser.add_argument("--profile", default="full", choices=sorted(PROFILES), help="parameter set: smoke (CI, minutes) or full (the committed figures)")
+    parser.add_argument("--backend", default=None, choices=["tiny", "sam"], help="override the notebooks' backend (theirs: tiny)")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="override one notebook parameter (repeatable)")
     parser.add_argument("--only", action="append", default=None, metavar="NAME",
                         help="run only this notebook (name or number prefix, e.g. 04; repeatable)")
     parser.add_argument("--notebooks", default=str(REPO / "notebooks"), help="folder holding the notebooks")
-    parser.add_argument("--out-dir", default=None, help="figures and headline JSON (default <repo>/figures)")
+    parser.add_argument("--out-dir", default=None, help="figures and headline JSON (default: <repo>/figures for --profile full, else <build-dir>/figures)")
     parser.add_argument("--build-dir", default=None, help="executed copies (default <notebooks>/build)")
     parser.add_argument("--cache-dir", default=None, help="result tables (default <build-dir>/cache)")
     parser.add_argument("--fresh", action="store_true", help="empty the cache first: recompute every table")
-    parser.add_argument("--kernel", default="python3")
+    parser.add_argument("--kernel", default="python3", help="Jupyter kernel that runs the notebooks")
 
 
 def parse_value(text: str):
@@ -140,8 +162,8 @@ def run(args) -> int:
     notebooks = Path(args.notebooks).resolve()
     if not (notebooks / "00_theory.ipynb").is_file():
         raise FileNotFoundError(f"{notebooks}: no notebooks there (run from a source checkout, or pass --notebooks DIR)")
-    out_dir = Path(args.out_dir).resolve() if args.out_dir else REPO / "figures"
     build_dir = Path(args.build_dir).resolve() if args.build_dir else notebooks / "build"
+    out_dir = Path(args.out_dir).resolve() if args.out_dir else default_out_dir(args.profile, build_dir)
     cache_dir = Path(args.cache_dir).resolve() if args.cache_dir else build_dir / "cache"
     if args.fresh and cache_dir.exists():
         shutil.rmtree(cache_dir)

@@ -39,17 +39,18 @@ def save(fig, name: str, out_dir) -> list:
 
 class FigureSet:
     """A notebook's figures: ``save(fig, what)`` writes ``<out_dir>/<prefix>_<what>.{png,pdf}`` and
-    remembers the name for the headline record."""
+    remembers the name (for the headline record) and the absolute paths written."""
 
     def __init__(self, out_dir, prefix: str):
-        self.out_dir = Path(out_dir)
+        self.out_dir = Path(out_dir).resolve()
         self.prefix = prefix
         self.names: list = []
+        self.paths: list = []
 
     def save(self, fig, what: str) -> None:
         """Write the figure, show it once in a notebook (whatever the matplotlib backend), close it."""
         name = f"{self.prefix}_{what}"
-        save(fig, name, self.out_dir)
+        self.paths += save(fig, name, self.out_dir)
         self.names.append(name)
         try:  # IPython comes with the notebooks extra; without it there is nothing to show in
             from IPython import get_ipython

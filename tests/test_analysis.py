@@ -1,4 +1,6 @@
+import ast
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -184,3 +186,21 @@ def test_headline_metric_is_class_wise_only_with_ten_episodes_per_class():
     assert an.headline_metric(picked({"a": 10, "b": 9})) == "mean_iou"
     rows = trajectory([0.5], [1.0], episode="e0") + trajectory([0.5], [1.0], episode="e1", seed=1)
     assert an.counts_note(an.to_frame(rows)) == "n = 2 episodes x 2 seeds"
+
+
+def test_analysis_needs_nothing_from_the_sweep():
+    """analysis is pure table -> numbers: it imports nothing of experiments, not even for type hints."""
+    tree = ast.parse(Path(an.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not {m for m in imported if m and m.split(".")[-1] == "experiments"}, imported
+
+
+def test_sweep_keeps_only_its_grid_and_episodes(table):
+    from prmagic_core.experiments import Sweep
+
+    more = pd.concat([table, an.to_frame(trajectory([0.3] * 3, [0.1] * 3, episode="e0", eta=1e-2)),
+                      an.to_frame(trajectory([0.3] * 3, [0.1] * 3, episode="e0", seed=1))])
+    kept = Sweep(baselines=("b",), etas=(1e-3,), seeds=(0,)).rows_of(more.sample(frac=1, random_state=0), ["e0", "e2"])
+    assert list(kept.episode.unique()) == ["e0", "e2"] and set(kept.eta) == {1e-3} and set(kept.seed) == {0}
+    assert kept.step.tolist() == [0, 1, 2, 0, 1, 2]  # sorted by the table key

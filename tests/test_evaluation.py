@@ -174,7 +174,7 @@ def test_a_miniature_fss_1000_gives_30_episodes(tmp_path):
     assert code == 0
     assert (summary["episodes"], summary["failed_episodes"]) == (30, 0)
     assert summary["settings"]["dataset"] == "fss" and summary["settings"]["episodes"] == 30
-    assert "(30 episodes, 0 failed)" in err
+    assert "30 episodes (0 failed)" in err
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from PIL import Image
 
 from prmagic_core.data import shapeworld
 from prmagic_core.data.folder import load_episode, load_episodes, save_episode
+from prmagic_core.errors import InputError
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data_samples" / "shapeworld"
 
@@ -156,7 +157,7 @@ def test_a_gap_in_the_shot_numbers_names_the_missing_image(tmp_path):
         write(folder, f"support_{number}.png", Image.fromarray(RGB))
         write(folder, f"support_{number}_mask.png", mask_image())
     write(folder, "query.png", Image.fromarray(RGB))
-    with pytest.raises(FileNotFoundError, match="support_2"):
+    with pytest.raises(InputError, match="support_2"):
         load_episode(folder)
 
 
@@ -188,7 +189,7 @@ def test_query_mask_size_mismatch_is_an_error(tmp_path):
 def test_missing_file_names_the_expected_path(tmp_path, missing, expected):
     folder = minimal_episode(tmp_path / "ep")
     (folder / missing).unlink()
-    with pytest.raises(FileNotFoundError) as error:
+    with pytest.raises(InputError) as error:
         load_episode(folder)
     assert str(folder / expected) in str(error.value)
 
@@ -232,3 +233,18 @@ def test_shipped_samples_load_and_match_shapeworld():
         # images are shipped as JPEG, so close rather than identical
         difference = np.abs(loaded.query_image.astype(int) - original.query_image.astype(int))
         assert difference.mean() < 5
+
+
+@pytest.mark.parametrize("stem", ["support", "query"])
+def test_a_jpeg_mask_beside_the_missing_png_is_named(tmp_path, stem):
+    folder = minimal_episode(tmp_path / "ep")
+    (folder / f"{stem}_mask.png").unlink(missing_ok=True)  # the query's is optional: absent in minimal_episode
+    write(folder, f"{stem}_mask.jpg", mask_image().convert("L"))
+    with pytest.raises(InputError, match=f"{stem}_mask.png: missing mask: found {stem}_mask.jpg, but masks must be PNG"):
+        load_episode(folder)
+
+
+def test_an_episode_folder_given_as_the_root_says_so(tmp_path):
+    folder = minimal_episode(tmp_path / "ep")
+    with pytest.raises(InputError, match=f"{folder}: is one episode .*its parent {tmp_path}$"):
+        load_episodes(folder)

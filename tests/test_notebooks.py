@@ -7,8 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jupytext
 import nbformat
 import pytest
+from jupytext.compare import NotebookDifference, compare_notebooks
 
 from prmagic_core import figures
 
@@ -25,17 +27,29 @@ def notebook(request):
     return request.param, load(request.param)
 
 
-def test_notebooks_are_exactly_what_the_generator_writes(tmp_path):
-    sys.path.insert(0, str(NOTEBOOKS))
+def test_every_notebook_is_a_registered_jupytext_pair():
+    ipynb = {p.stem for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")}
+    text = {p.stem for p in NOTEBOOKS.glob("[0-9][0-9]_*.py")}
+    assert ipynb == text == set(figures.FIGURES), "each notebook is NN_name.py + NN_name.ipynb, listed in figures.FIGURES"
+
+
+def test_pair_is_in_sync(notebook):
+    """The .py (py:percent) and the .ipynb hold the same cells: edit one, then `jupytext --sync` (or save in JupyterLab)."""
+    name, _ = notebook
+    text = jupytext.read(NOTEBOOKS / f"{name}.py")
+    assert text.metadata["jupytext"]["formats"] == "ipynb,py:percent"
     try:
-        import _build
-    finally:
-        sys.path.remove(str(NOTEBOOKS))
-    written = _build.build(tmp_path)
-    # Jupytext pairs (notebooks/NN_name.py beside the .ipynb) are written by hand, not by the generator.
-    assert sorted(p.stem for p in written) == sorted(n for n in figures.FIGURES if not (NOTEBOOKS / f"{n}.py").exists())
-    for path in written:
-        assert path.read_text() == (NOTEBOOKS / path.name).read_text(), f"{path.name}: run python notebooks/_build.py"
+        compare_notebooks(text, jupytext.read(NOTEBOOKS / f"{name}.ipynb"), fmt="py:percent")
+    except NotebookDifference as err:
+        pytest.fail(f"{name}.py and {name}.ipynb differ (run: jupytext --sync notebooks/{name}.py): {err}")
+
+
+def test_sync_check_sees_an_edit_on_one_side():
+    text = jupytext.read(NOTEBOOKS / "01_walkthrough.py")
+    edited = jupytext.read(NOTEBOOKS / "01_walkthrough.ipynb")
+    edited.cells[-1].source += "\nprint('edited')"
+    with pytest.raises(NotebookDifference):
+        compare_notebooks(text, edited, fmt="py:percent")
 
 
 def test_opens_with_markdown_saying_what_and_how_long(notebook):
@@ -59,6 +73,9 @@ def test_parameters_cell_holds_literal_assignments_only(notebook):
     for required in ("backend", "checkpoint", "model_type", "dataset", "data_root", "n_episodes", "etas", "steps",
                      "seeds", "device", "out_dir", "cache_dir"):
         assert required in names, f"{name} lacks parameter {required}"
+    defaults = {s.targets[0].id: ast.literal_eval(s.value) for s in tree.body}
+    assert defaults["out_dir"] is None and defaults["cache_dir"] is None, f"{name}: a hand run writes under notebooks/build"
+    assert "notebook_dirs(out_dir, cache_dir)" in nb.cells[2].source, f"{name}: resolve paths from the repository"
 
 
 def test_code_cells_parse(notebook):
@@ -92,21 +109,61 @@ def test_profiles_only_set_declared_parameters():
             assert profile in figures.PROFILES and set(parameters) <= own[name], (name, profile)
 
 
-@pytest.mark.parametrize("name", [n for n in figures.FIGURES if (NOTEBOOKS / f"{n}.py").exists()])
-def test_jupytext_pairs_are_in_sync(name):
-    jupytext = pytest.importorskip("jupytext")
-    paired = jupytext.read(NOTEBOOKS / f"{name}.py")
-    committed = load(name)
-    assert [(c.cell_type, c.source) for c in paired.cells] == [(c.cell_type, c.source) for c in committed.cells], (
-        f"{name}: run jupytext --sync notebooks/{name}.py")
-
-
 def test_only_selects_by_name_or_number():
     assert figures.selected(["04"]) == ["04_oracle_vs_top1"]
     assert figures.selected(["06_main_results", "00"]) == ["00_theory", "06_main_results"]
     with pytest.raises(ValueError, match="no notebook"):
         figures.selected(["99"])
     assert figures.parse_value("[1e-3, 1e-2]") == [1e-3, 1e-2] and figures.parse_value("/a/b.pth") == "/a/b.pth"
+
+
+def test_paths_come_from_the_repository_not_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert figures.notebook_dirs() == (REPO / "notebooks/build/figures", REPO / "notebooks/build/cache")
+    assert figures.notebook_dirs("../figures", "x/cache") == (REPO.parent / "figures", REPO / "x/cache")
+    assert figures.notebook_dirs(str(tmp_path / "f"), None)[0] == tmp_path / "f"
+
+
+def test_only_the_full_profile_writes_the_committed_figures(tmp_path):
+    assert figures.default_out_dir("full", tmp_path) == REPO / "figures"
+    assert figures.default_out_dir("smoke", tmp_path) == tmp_path / "figures"
+
+
+def test_figure_set_records_the_absolute_paths_it_wrote(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from prmagic_core import viz
+
+    monkeypatch.chdir(tmp_path)
+    saved = viz.FigureSet("rel", prefix="09")
+    saved.save(plt.figure(), "empty")
+    assert saved.names == ["09_empty"]
+    assert saved.paths == [tmp_path / "rel/09_empty.png", tmp_path / "rel/09_empty.pdf"]
+    assert all(p.is_absolute() and p.is_file() for p in saved.paths)
+
+
+def _git_status(path: str) -> str:
+    return subprocess.run(["git", "status", "--porcelain", "--", path], cwd=REPO, capture_output=True, text=True,
+                          check=True).stdout
+
+
+@pytest.mark.notebooks
+def test_a_hand_run_from_elsewhere_writes_under_notebooks_build(tmp_path, monkeypatch):
+    """papermill started in another folder, no out_dir given: the figures land in notebooks/build/figures."""
+    import papermill
+
+    before = _git_status(".")
+    written = NOTEBOOKS / "build" / "figures" / "00_theory.json"
+    written.unlink(missing_ok=True)
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the kernel inherits it
+    monkeypatch.setenv("MPLBACKEND", "agg")
+    papermill.execute_notebook(str(NOTEBOOKS / "00_theory.ipynb"), str(tmp_path / "00.ipynb"), cwd=str(tmp_path),
+                               parameters=dict(toy_steps=20, toy_train_steps=30, toy_particles=50), progress_bar=False)
+    assert written.is_file() and not list(tmp_path.glob("**/*.png"))
+    printed = "".join(o.get("text", "") for c in nbformat.read(tmp_path / "00.ipynb", as_version=4).cells
+                      if c.cell_type == "code" for o in c.outputs)
+    assert f"Wrote\n  {written}" in printed
+    assert _git_status(".") == before
 
 
 def _no_nan(constant):
@@ -155,13 +212,17 @@ RANGES = [
 
 @pytest.mark.notebooks
 def test_smoke_profile_regenerates_every_figure(tmp_path):
-    """The CI check: `prmagic figures --profile smoke` end to end, then every figure and headline."""
+    """The CI check: `prmagic figures --profile smoke` end to end, then every figure and headline; the
+    committed figures/ stay untouched (smoke writes beside its build, here a temporary folder)."""
     env = dict(os.environ, PYTHONPATH=str(REPO), MPLBACKEND="agg")
-    out, build = tmp_path / "figures", tmp_path / "build"
+    build = tmp_path / "build"
+    out = build / "figures"  # the smoke profile's default out dir
+    before = _git_status("figures")
     done = subprocess.run([sys.executable, "-m", "prmagic_core.cli", "figures", "--profile", "smoke",
-                           "--out-dir", str(out), "--build-dir", str(build)],
+                           "--build-dir", str(build)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-4000:]
+    assert _git_status("figures") == before == "", "the smoke profile changed the committed figures/"
     numbers = {}
     for name, expected in figures.FIGURES.items():
         for figure in expected:

@@ -9,18 +9,23 @@ One folder per episode::
     <root>/<episode>/kind.txt           optional "object" (default) or "part"
 
 Images may be .jpg, .jpeg or .png in any mode; they are read as RGB uint8. Masks are PNGs
-in any mode; a nonzero pixel is foreground (the palette index for "P" masks, and a fully
-transparent pixel is background in masks with alpha).
+in any mode, read by the rule in :mod:`prmagic_core.data.images` (> 127 for 8-bit grey, a nonzero
+index for palette and 1-bit masks); a mask with more than two values, or a support mask with no
+background, is used with an :class:`~prmagic_core.errors.InputWarning` naming it. Every problem
+is an :class:`~prmagic_core.errors.InputError` naming the file or folder.
 """
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-from .episode import Episode
+from ..errors import InputError, InputWarning
+from .episode import KINDS, Episode
+from .images import mask_values, open_image, to_rgb
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _NUMBERED_SUPPORT = re.compile(r"support_(\d+)$")
@@ -29,46 +34,42 @@ _NUMBERED_SUPPORT = re.compile(r"support_(\d+)$")
 def _find_image(folder: Path, stem: str) -> Path:
     found = [p for p in folder.glob(f"{stem}.*") if p.suffix.lower() in IMAGE_SUFFIXES]
     if not found:
-        raise FileNotFoundError(f"missing image {folder / stem}.<jpg|jpeg|png>")
+        raise InputError(f"{folder / stem}.<jpg|jpeg|png>", "missing image")
     if len(found) > 1:
-        raise ValueError(f"ambiguous image {folder / stem}: {sorted(p.name for p in found)}")
+        raise InputError(folder / stem, f"ambiguous image: {sorted(p.name for p in found)}")
     return found[0]
 
 
-def _open(path: Path) -> Image.Image:
-    with Image.open(path) as image:
-        # Phone photos store their rotation in EXIF; masks are drawn on the image as displayed.
-        return ImageOps.exif_transpose(image)
-
-
-def _read_mask(path: Path, image_path: Path, image_size: tuple) -> np.ndarray:
+def _read_mask(path: Path, image_path: Path, image_size: tuple, support: bool) -> np.ndarray:
     if not path.is_file():
-        raise FileNotFoundError(f"missing mask {path}")
-    mask = _open(path)
-    if mask.size != image_size:
-        raise ValueError(
-            f"mask {path} is {mask.size[0]}x{mask.size[1]} but image {image_path} is "
-            f"{image_size[0]}x{image_size[1]} (width x height)"
-        )
-    values = np.asarray(mask)
-    if values.ndim == 2:
-        return values != 0
-    bands = mask.getbands()
-    colour = values[..., [i for i, band in enumerate(bands) if band != "A"]]
-    foreground = (colour != 0).any(axis=2)
-    if "A" in bands:
-        foreground &= values[..., bands.index("A")] != 0
-    return foreground
+        others = sorted(p.name for p in path.parent.glob(f"{path.stem}.*"))
+        if others:  # JPEG compression smears a mask's edges into stray foreground, so only PNG is read
+            raise InputError(path, f"missing mask: found {', '.join(others)}, but masks must be PNG "
+                                   f"(save it as {path.name})")
+        raise InputError(path, "missing mask")
+    image = open_image(path)
+    if image.size != image_size:
+        raise InputError(path, f"mask is {image.size[0]}x{image.size[1]} but image {image_path} is "
+                               f"{image_size[0]}x{image_size[1]} (width x height)")
+    mask, grey_levels = mask_values(image)
+    if grey_levels:
+        warnings.warn(f"{path}: mask has more than two values (anti-aliased or JPEG-compressed?); "
+                      f"read as foreground where > 127 (palette / 1-bit: index > 0)", InputWarning, stacklevel=2)
+    if support and not mask.any():
+        raise InputError(path, "support mask is empty (no foreground pixel)")
+    if support and mask.all():
+        warnings.warn(f"{path}: support mask is foreground everywhere (no background)", InputWarning, stacklevel=2)
+    return mask
 
 
-def _read_pair(folder: Path, stem: str, mask_required: bool) -> tuple:
+def _read_pair(folder: Path, stem: str, support: bool) -> tuple:
     image_path = _find_image(folder, stem)
-    image = _open(image_path)
+    image = open_image(image_path)
     mask_path = folder / f"{stem}_mask.png"
     mask = None
-    if mask_required or mask_path.is_file():
-        mask = _read_mask(mask_path, image_path, image.size)
-    return np.asarray(image.convert("RGB"), dtype=np.uint8), mask, mask_path
+    if support or any(folder.glob(f"{stem}_mask.*")):
+        mask = _read_mask(mask_path, image_path, image.size, support)
+    return to_rgb(image), mask
 
 
 def _support_stems(folder: Path) -> list:
@@ -79,7 +80,7 @@ def _support_stems(folder: Path) -> list:
     )
     single = any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.glob("support.*"))
     if single and numbers:
-        raise ValueError(f"{folder} mixes support.<ext> with numbered support_<i> images")
+        raise InputError(folder, "mixes support.<ext> with numbered support_<i> images")
     if single or not numbers:
         return ["support"]
     # Numbering from 1 without gaps: a gap is reported as the missing file, not skipped.
@@ -89,9 +90,12 @@ def _support_stems(folder: Path) -> list:
 def _read_text(path: Path, default: str) -> str:
     if not path.is_file():
         return default
-    text = path.read_text(encoding="utf-8").strip()
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError as error:
+        raise InputError(path, f"not UTF-8 text ({error.reason} at byte {error.start})") from None
     if not text:
-        raise ValueError(f"{path} is empty")
+        raise InputError(path, "is empty")
     return text
 
 
@@ -99,34 +103,43 @@ def load_episode(path) -> Episode:
     """Read one episode folder (see the module docstring for the layout)."""
     folder = Path(path)
     if not folder.is_dir():
-        raise FileNotFoundError(f"episode folder {folder} does not exist")
+        raise InputError(folder, "is not an episode folder" if folder.exists() else "no such episode folder")
+    kind = _read_text(folder / "kind.txt", "object")
+    if kind not in KINDS:
+        raise InputError(folder / "kind.txt", f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    class_name = _read_text(folder / "class.txt", folder.name)
     support_images, support_masks = [], []
     for stem in _support_stems(folder):
-        image, mask, mask_path = _read_pair(folder, stem, mask_required=True)
-        if not mask.any():
-            raise ValueError(f"support mask {mask_path} is empty (no foreground pixel)")
+        image, mask = _read_pair(folder, stem, support=True)
         support_images.append(image)
         support_masks.append(mask)
-    query_image, query_mask, _ = _read_pair(folder, "query", mask_required=False)
-    return Episode(
-        support_images=tuple(support_images),
-        support_masks=tuple(support_masks),
-        query_image=query_image,
-        query_mask=query_mask,
-        class_name=_read_text(folder / "class.txt", folder.name),
-        kind=_read_text(folder / "kind.txt", "object"),
-        name=folder.name,
-    )
+    query_image, query_mask = _read_pair(folder, "query", support=False)
+    try:
+        return Episode(tuple(support_images), tuple(support_masks), query_image, query_mask,
+                       class_name=class_name, kind=kind, name=folder.name)
+    except ValueError as error:
+        raise InputError(folder, str(error)) from None
 
 
 def load_episodes(root) -> list:
-    """Every episode folder directly under ``root``, sorted by folder name."""
+    """Every episode folder directly under ``root``, sorted by folder name; an entry that
+    cannot be read (a broken link, a loop of links, no permission) is an error, not skipped."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"episode root {root} does not exist")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        raise InputError(root, "is not a folder of episodes" if root.exists() else "no such folder of episodes")
+    if any(p.suffix.lower() in IMAGE_SUFFIXES for p in root.glob("query.*")):
+        raise InputError(root, f"is one episode (it holds {_find_image(root, 'query').name}); pass the folder that "
+                               f"holds episode folders, here its parent {root.parent}")
+    folders = []
+    for entry in sorted(p for p in root.iterdir() if not p.name.startswith(".")):
+        try:
+            entry.stat()
+        except OSError as error:
+            raise InputError(entry, f"cannot be read ({error.strerror or error})") from None
+        if entry.is_dir():
+            folders.append(entry)
     if not folders:
-        raise ValueError(f"no episode folders under {root}")
+        raise InputError(root, "no episode folders in it")
     return [load_episode(folder) for folder in folders]
 
 

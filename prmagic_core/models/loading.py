@@ -5,19 +5,22 @@ every failure is one line naming the file and the problem.
 """
 from __future__ import annotations
 
+import pickle
+import warnings
 from pathlib import Path
 
 import torch
 from segment_anything import sam_model_registry
 from segment_anything.modeling import Sam
 
+from ..errors import UserError
 from .tiny import TINY_WEIGHTS, build_sam_tiny
 
 OFFICIAL_TYPES = ("vit_b", "vit_l", "vit_h")
 MODEL_TYPES = OFFICIAL_TYPES + ("tiny",)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that is missing, unreadable, or for another architecture."""
 
 
@@ -29,19 +32,34 @@ def _builder(model_type: str):
     raise CheckpointError(f"unknown model type {model_type!r}; expected one of {', '.join(MODEL_TYPES)}")
 
 
-def read_state_dict(path: Path) -> dict:
-    """The tensors of a checkpoint file; a training checkpoint's ``model`` entry is accepted too."""
+def read_checkpoint(path: Path):
+    """What a checkpoint file holds, loaded with ``weights_only=True`` (so it cannot run code)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # torch warns about pickle protocols on the way to refusing a file; the refusal is what counts.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint, or one holding Python objects besides tensors "
+                              "(refused: loading them could run code)") from None
     except Exception as err:  # torch raises many types for a non-checkpoint file
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+        first_line = (str(err).splitlines() or [""])[0]
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(err).__name__}: {first_line})") from None
+
+
+def read_state_dict(path: Path) -> dict:
+    """The tensors of a checkpoint file; a training checkpoint's ``model`` entry is accepted too."""
+    state = read_checkpoint(path)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: holds no state dict of tensors")
+    broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise CheckpointError(f"{path}: {len(broken)} tensors hold NaN or infinite values (e.g. {broken[0]})")
     return state
 
 

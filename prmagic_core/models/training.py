@@ -25,7 +25,12 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from ..data import shapeworld
+from ..errors import UserError
+from ..results import check_writable
+from .loading import CheckpointError, read_checkpoint
 from .tiny import TINY_CONFIG, build_sam_tiny
+
+RESUME_KEYS = ("model", "optimizer", "scheduler", "step", "elapsed", "losses", "config")
 
 
 @dataclass
@@ -201,26 +206,44 @@ def _save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, progress: bool = True) -> dict:
-    """Train SAM-Tiny; writes ``checkpoint.pt`` periodically and ``sam_tiny.pt`` at the end."""
+def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, progress: bool = True,
+          overwrite: bool = False) -> dict:
+    """Train SAM-Tiny; writes ``checkpoint.pt`` periodically and ``sam_tiny.pt`` at the end.
+
+    A folder holding an earlier run's ``checkpoint.pt`` is refused unless ``resume`` (continue it)
+    or ``overwrite`` (start over, discarding it), so that no run's progress is lost by accident.
+    """
     if cfg.scenes < cfg.images_per_step:
-        raise ValueError(f"scenes ({cfg.scenes}) must be at least images_per_step ({cfg.images_per_step})")
+        raise UserError(f"scenes ({cfg.scenes}) must be at least images_per_step ({cfg.images_per_step})")
+    if resume and overwrite:
+        raise UserError("--resume continues the run in the folder, --overwrite discards it: give one of them")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = out_dir / "checkpoint.pt"
+    if checkpoint.exists() and not (resume or overwrite):
+        raise UserError(f"{checkpoint} holds an earlier run: continue it with --resume, "
+                        "choose another --out-dir, or start over with --overwrite")
+    check_writable(out_dir)
     torch.manual_seed(cfg.seed)
     model = build_sam_tiny()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, cfg))
     start, elapsed, losses = 0, 0.0, []
-    checkpoint = out_dir / "checkpoint.pt"
     if resume and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=True)
+        state = read_checkpoint(checkpoint)
+        if not isinstance(state, dict) or not set(RESUME_KEYS) <= state.keys():
+            raise CheckpointError(f"{checkpoint}: not a train-tiny checkpoint (needs {', '.join(RESUME_KEYS)})")
         if state["config"] != asdict(cfg):
-            raise ValueError(f"{checkpoint} was written with other settings: {state['config']} (now {asdict(cfg)})")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+            raise UserError(f"{checkpoint} was written with other settings: {state['config']} (now {asdict(cfg)})")
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as error:
+            first_line = (str(error).splitlines() or [""])[0]
+            raise CheckpointError(f"{checkpoint}: does not fit SAM-Tiny's training state ({first_line})") from None
         start, elapsed, losses = state["step"], state["elapsed"], list(state["losses"])
+    elif overwrite:
+        checkpoint.unlink(missing_ok=True)
     pool = ScenePool(cfg.scenes, cfg.seed, TINY_CONFIG["img_size"])
     model.train()
     began = time.time() - elapsed

@@ -16,10 +16,11 @@ from typing import Callable, NamedTuple
 import numpy as np
 from PIL import Image
 
+from ...errors import UserError
 from ..episode import Episode
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(UserError):
     """A benchmark tree lacks something or holds an unreadable file; the message names the path."""
 
 
