@@ -137,10 +137,12 @@ for cell in summaries:
     s = summaries[cell][name]
     best[cell] = {"selector": name, **{m: s[m] for m in ("closure", "t_minus_b", "non_degradation", "t_minus_release")}}
     reached = s["closure"]["mean"] >= 0.5 and s["non_degradation"]["mean"] >= 0.95
+    others = study.reaching_goal(summaries[cell])
     lines.append(f"- **{cell}**: `{name}`: closure {s['closure']['mean']:.2f} ({s['closure']['low']:.2f} to "
                  f"{s['closure']['high']:.2f}), T - B {s['t_minus_b']['mean']:+.2f} points ({s['t_minus_b']['low']:+.2f} "
                  f"to {s['t_minus_b']['high']:+.2f}), non-degradation {s['non_degradation']['mean']:.3f}: "
-                 + ("goal reached." if reached else "goal NOT reached."))
+                 + ("goal reached" if reached else "goal NOT reached")
+                 + f"; selectors reaching the goal in this cell: {', '.join(others) if others else 'none'}.")
 non_refs = results[results.family != "reference"]
 
 

@@ -174,6 +174,12 @@ def best_selector(summaries: dict, floor: float = -0.25) -> str:
     return max(eligible, key=key)
 
 
+def reaching_goal(summaries: dict, closure: float = 0.5, non_degradation: float = 0.95) -> list:
+    """The non-reference selectors whose closure and non-degradation (means) both reach the goal."""
+    return [n for n, s in summaries.items() if n not in REFERENCES and s["closure"]["mean"] >= closure
+            and s["non_degradation"]["mean"] >= non_degradation]
+
+
 def study_cell(dev: pd.DataFrame, test: pd.DataFrame, names=None, n_boot: int = 2000) -> tuple[dict, dict]:
     """(constants chosen on ``dev`` per selector, metrics on ``test`` per selector) for one cell."""
     names = list(FAMILY) if names is None else list(names)

@@ -57,9 +57,11 @@ def report(cache_dir: Path, dev_seed: int, test_seed: int, n_boot: int) -> dict:
               f"{test.episode.nunique()} test episodes x {test.seed.nunique()} seeds\n")
         print(an.markdown_table(study.summary_frame(summaries)[COLUMNS], floatfmt=".3f"))
         print(f"\nbest: {best} (closure {s['closure']['mean']:.2f}, T - B {s['t_minus_b']['mean']:+.2f} points, "
-              f"non-degradation {s['non_degradation']['mean']:.3f}); goal {'reached' if reached else 'NOT reached'}; "
+              f"non-degradation {s['non_degradation']['mean']:.3f}); goal {'reached' if reached else 'NOT reached'} "
+              f"(any selector reaching it: {study.reaching_goal(summaries) or 'none'}); "
               f"constants from development: { {n: c for n, c in constants.items() if c} }")
-        out[f"{baseline}/{kind}"] = {"best": best, "goal_reached": reached, "constants": constants,
+        out[f"{baseline}/{kind}"] = {"best": best, "goal_reached": reached, "reaching_goal": study.reaching_goal(summaries),
+                                     "constants": constants,
                                      "summaries": study.finite_or_none(summaries)}
     return out
 

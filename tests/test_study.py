@@ -75,6 +75,9 @@ def test_best_selector_needs_the_lower_bound_on_the_gain_over_the_release():
                  "oracle": summary(1.0, 5.0)}
     assert study.best_selector(summaries) == "contrastive"
     assert study.best_selector({**summaries, "contrastive": summary(0.3, -0.5)}) == "masked-image"
+    goal = {n: {"closure": {"mean": c}, "non_degradation": {"mean": nd}}
+            for n, c, nd in (("vote", 0.6, 0.96), ("contrastive", 0.7, 0.9), ("oracle", 1.0, 1.0))}
+    assert study.reaching_goal(goal) == ["vote"]
     no_gap = {n: summary(float("nan"), 0.0) for n in ("masked-image", "vote")}
     assert study.best_selector(no_gap) == "masked-image"
 
