@@ -34,11 +34,12 @@
 # extra encoder passes; 95% intervals by a cluster bootstrap over episodes (all seeds of an
 # episode resampled together). IoUs are mean per-episode foreground IoU, in points.
 #
-# **Runtime.** CPU, `backend="tiny"` (2 cores shared with other jobs): smoke ~3 min (measured
-# 4 cells x (4 + 6) episodes); full (300 test x 3 seeds + 100 development episodes per cell) is
-# several hours on this CPU. GPU, `backend="sam"`: not measured (no GPU was available); the cost
-# is vit_b encoder passes, about 2 (T + 1) + 2 per trajectory. Rows already in `cache_dir` are
-# read, not recomputed.
+# **Runtime.** CPU, `backend="tiny"` (2 cores shared with other jobs): smoke ~4 min (estimated;
+# measured 89 s for its objects half with 2 development + 3 test episodes); full (300 test episodes
+# x 3 seeds + 100 development episodes per cell) ~12 hours (estimated from the ~10 s per T = 5
+# trajectory of the README's study run). GPU, `backend="sam"`: not measured (no GPU was
+# available); the cost is vit_b encoder passes, about 2 (T + 1) + 2 per trajectory. Rows already
+# in `cache_dir` are read, not recomputed.
 
 # %% tags=["parameters"]
 backend = "tiny"  # "tiny": SAM-Tiny on ShapeWorld; "sam": an official checkpoint on real data

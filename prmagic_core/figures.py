@@ -22,10 +22,12 @@ Profiles (tiny backend, baselines PerSAM-F and Matcher):
   Budget 5 minutes on a 2-core CPU; measured 94 s (2 cores shared
   with a training job, niced, one thread).
 - ``full``: 24 episodes, eta in {1e-2, 1e-3, 1e-4, 1e-5}, T = 5, seeds 0-2.
-  07_selector_study takes its own episode counts (:data:`NOTEBOOK_PROFILES`): smoke 4 development
-  + 6 test episodes per cell, full 100 + 300, at each kind's default eta.
   Budget 30 minutes on a 2-core CPU; estimated ~21 minutes under the same
   contention from measured per-trajectory costs (the run itself was not completed).
+- 07_selector_study takes its own episode counts (:data:`NOTEBOOK_PROFILES`): smoke 4 development
+  + 6 test episodes per cell (~4 minutes, estimated), full 100 + 300 per cell at each kind's
+  default eta, the issue's protocol: ~12 hours on the 2-core CPU (estimated from ~10 s per
+  trajectory), outside the 30-minute budget; run it alone (``--only 07``) where time allows.
 
 GPU, official SAM (``--backend sam``; not run here, no GPU was available): pass
 ``-p checkpoint /path/sam_vit_b_01ec64.pth`` (``-p model_type vit_l`` etc. for other sizes),
