@@ -25,7 +25,7 @@ Profiles (tiny backend, baselines PerSAM-F and Matcher):
   Budget 30 minutes on a 2-core CPU; estimated ~21 minutes under the same
   contention from measured per-trajectory costs (the run itself was not completed).
 - 07_selector_study takes its own episode counts (:data:`NOTEBOOK_PROFILES`): smoke 4 development
-  + 6 test episodes per cell (~4 minutes, estimated), full 100 + 300 per cell at each kind's
+  + 6 test episodes per cell (169 s measured), full 100 + 300 per cell at each kind's
   default eta, the issue's protocol: ~12 hours on the 2-core CPU (estimated from ~10 s per
   trajectory), outside the 30-minute budget; run it alone (``--only 07``) where time allows.
 
