@@ -76,6 +76,7 @@ from prmagic_core.toy import toy_flow
 
 seed = seeds[0]
 paper_eta = 1e-3
+print(f"figures and the headline JSON go to {out_dir}")
 
 # %% [markdown]
 # ## The flow

@@ -18,9 +18,12 @@
 #
 # An ablation the paper does not have. With the paper's constants the noise term is hundreds of
 # times larger than the largest drift (see 00_theory), so the question is whether the gain comes
-# from the decoder's gradient at all. Four flows with the same seeds: drift only (gamma = 0), noise
-# only (the gradient zeroed), both (the method), and neither (a control: nothing moves, so every
-# candidate equals the baseline's).
+# from the decoder's gradient at all. Five flows with the same seeds: drift only (gamma = 0), noise
+# only (the gradient zeroed), both (the method), resampling only (eta = gamma = 0 with
+# `resampling="fresh"`: nothing moves, but the prompts' random choices are drawn anew every step,
+# as the release does: the gain that needs no flow at all), and neither (the control: nothing
+# moves and the draws are fixed, so every candidate equals the baseline's). The four flows above
+# use fixed draws.
 #
 # **Runtime.** CPU, `backend="tiny"` (2 cores shared with another job): smoke 21 s (measured), full ~8 min (estimated). GPU, `backend="sam"`: not measured (no GPU was available); the cost is vit_b encoder passes, about 2 (T + 1) + 2 per trajectory. Rows already in `cache_dir` are read, not recomputed.
 
@@ -42,9 +45,11 @@ baselines = ["persam_f", "matcher"]  # the paper's two; "persam" works too
 eta = None  # None: 1e-3 for objects, 1e-4 for parts
 gamma = 0.1
 selector = "masked-image"
+preset = "release"  # prmagic_core.presets: the baselines' settings; the four flows use fixed draws whatever it says
 
 # %%
 NOTEBOOK = "05_drift_vs_noise"
+import pandas as pd
 from IPython.display import Markdown, display
 
 from prmagic_core import analysis as an, experiments as ex, viz
@@ -65,11 +70,15 @@ settings = dict(backend=backend, checkpoint=checkpoint, model_type=setup.sam_typ
 if skipped:
     display(Markdown(f"Not available in this installation, so left out: {', '.join(skipped)}."))
 eta = ex.DEFAULT_ETA[lab.kind] if eta is None else eta
-settings.update(eta=eta, gamma=gamma, selector=selector)
-table = lab.sweep(ex.Sweep(baselines=available, etas=[eta], gammas=[0.0, gamma], drifts=[True, False],
-                           seeds=seeds, episodes=n_episodes, steps=steps))
-table = table.assign(regime=an.regimes(table))
-order = ["both", "drift only", "noise only", "neither"]
+settings.update(eta=eta, gamma=gamma, selector=selector, image_size=lab.image_size, preset=preset)
+flows, resampled = lab.sweeps([
+    ex.Sweep(baselines=available, etas=[eta], gammas=[0.0, gamma], drifts=[True, False], seeds=seeds,
+             episodes=n_episodes, steps=steps, resampling="fixed", preset=preset),
+    ex.Sweep(baselines=available, etas=[0.0], gammas=[0.0], seeds=seeds, episodes=n_episodes, steps=steps,
+             resampling="fresh", preset=preset)])
+parts = {"fixed": flows, "fresh": resampled}  # the regime names need to know the resampling
+table = pd.concat([t.assign(regime=an.regimes(t, r)) for r, t in parts.items()], ignore_index=True)
+order = ["both", "drift only", "noise only", "resampling only", "neither"]
 summary = an.over_seeds(an.bto(table, [selector], by=["baseline", "regime", "seed"]),
                         ["baseline", "regime", "variant", "selector"])
 
@@ -96,8 +105,8 @@ display(Markdown(f"In the full flow the noise term's L2 norm is on average {rati
 
 # %%
 wide = an.bto_wide(summary, "mean_iou", by=["baseline", "regime"]).set_index(["baseline", "regime"])
-episodes = an.per_episode(table.drop(columns="regime"), [selector]).assign(
-    regime=lambda f: an.regimes(f))
+episodes = pd.concat([an.per_episode(t, [selector]).pipe(lambda f, r=r: f.assign(regime=an.regimes(f, r)))
+                      for r, t in parts.items()], ignore_index=True)
 gains = {}
 lines = []
 for b in available:
@@ -111,11 +120,14 @@ for b in available:
     full, noise = gains[f"{b}/both"], gains[f"{b}/noise only"]
     if abs(full["O-B"]) > 1e-9:
         lines.append(f"  Noise alone reaches {100 * noise['O-B'] / full['O-B']:.0f}% of the full flow's oracle gain "
-                     f"for {b}; drift alone {100 * gains[f'{b}/drift only']['O-B'] / full['O-B']:.0f}%.")
-display(Markdown(f"Mean per-episode IoU, points ({selector} selector):\n\n" + "\n".join(lines)))
+                     f"for {b}; drift alone {100 * gains[f'{b}/drift only']['O-B'] / full['O-B']:.0f}%; "
+                     f"resampling alone {100 * gains[f'{b}/resampling only']['O-B'] / full['O-B']:.0f}%.")
+display(Markdown(f"Mean per-episode IoU, points ({selector} selector; {an.counts_note(flows)}; {lab.image_size} px, "
+                 f"preset: {settings['preset']}):\n\n" + "\n".join(lines)))
 
 # %%
 headline = ex.write_headline(NOTEBOOK, {"gains": gains, "noise_to_drift_norm_ratio": ratio,
+      "resampling_only": {b: gains[f"{b}/resampling only"] for b in available},
       "mean_iou": {f"{r.baseline}/{r.regime}/{r.variant}": r.mean_iou for r in summary.itertuples()},
       "miou": {f"{r.baseline}/{r.regime}/{r.variant}": r.miou for r in summary.itertuples()}}, settings, figures.names, out_dir)
 print("Wrote", headline, *figures.paths, sep="\n  ")

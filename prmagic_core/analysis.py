@@ -30,14 +30,53 @@ METRICS = {  # what each number of :func:`metrics` means; headline records carry
 METRIC_LABELS = {"miou": "class-wise mIoU %", "mean_iou": "mean per-episode IoU %",
                  "episode_fb_miou": "per-episode FB mIoU %", "fb_iou": "FB-IoU %"}  # axis labels
 
-# The paper's numbers (SPEC section 6): 1-shot class-wise mIoU %, (B, T, O).
+class Reported(tuple):
+    """Published (B, T, O) numbers in %, labelled: where they come from (``source``), which metric
+    they are (``metric``, a key of :data:`METRICS`), the preset that reproduces the code behind
+    them (``preset``) and a ``note``. Unpacks as the 3-tuple (B, T, O)."""
+
+    def __new__(cls, bto, source: str, metric: str, preset: str, note: str = ""):
+        if len(bto) != 3 or metric not in METRICS:
+            raise ValueError(f"a reported number is (B, T, O) of a known metric, got {bto!r}, {metric!r}")
+        self = super().__new__(cls, tuple(float(v) for v in bto))
+        self.source, self.metric, self.preset, self.note = source, metric, preset, note
+        return self
+
+
+# Both release scripts score each episode as mean(IoU_bg, IoU_fg) and average over episodes
+# (SPEC section 8, item 12), whatever the tables call it.
+PAPER_SOURCE = "PR-MaGIC paper (CVPR 2026) Tab. 1, 1-shot; first release e6e0705, seeds 42-46"
+CORRECTION_SOURCE = ("authors' correction notice (release README, as copied in endeavor1233/Guarded-PR-MaGIC), "
+                     "single seed")
+_V1_NOTE = "PerSAM-F rows carry the first release's (row, col) extra points (preset release-v1)"
+
+
+def _paper(values: dict, preset: str, note: str = "") -> dict:
+    return {key: Reported(bto, PAPER_SOURCE, "episode_fb_miou", preset, note) for key, bto in values.items()}
+
+
+# The paper's tables (SPEC section 6): (baseline, benchmark) -> Reported (B, T, O).
 PAPER_BTO = {
-    ("persam_f", "fss"): (58.41, 67.19, 72.45), ("persam_f", "coco"): (44.64, 46.83, 51.74),
-    ("persam_f", "lvis"): (42.37, 44.48, 47.29), ("persam_f", "paco"): (39.60, 40.72, 43.39),
-    ("persam_f", "pascal_part"): (42.72, 43.87, 46.43), ("persam_f", "dis5k"): (46.82, 49.99, 53.46),
-    ("matcher", "fss"): (92.08, 92.06, 93.55), ("matcher", "coco"): (69.53, 71.23, 76.14),
-    ("matcher", "lvis"): (59.39, 61.52, 64.75), ("matcher", "paco"): (50.27, 54.08, 56.71),
-    ("matcher", "pascal_part"): (54.76, 58.28, 61.13), ("matcher", "dis5k"): (46.65, 55.08, 58.10),
+    **_paper({("persam_f", "fss"): (58.41, 67.19, 72.45), ("persam_f", "coco"): (44.64, 46.83, 51.74),
+              ("persam_f", "lvis"): (42.37, 44.48, 47.29), ("persam_f", "paco"): (39.60, 40.72, 43.39),
+              ("persam_f", "pascal_part"): (42.72, 43.87, 46.43), ("persam_f", "dis5k"): (46.82, 49.99, 53.46)},
+             "release-v1", _V1_NOTE),
+    **_paper({("matcher", "fss"): (92.08, 92.06, 93.55), ("matcher", "coco"): (69.53, 71.23, 76.14),
+              ("matcher", "lvis"): (59.39, 61.52, 64.75), ("matcher", "paco"): (50.27, 54.08, 56.71),
+              ("matcher", "pascal_part"): (54.76, 58.28, 61.13), ("matcher", "dis5k"): (46.65, 55.08, 58.10)},
+             "release"),
+}
+# The authors' corrected PerSAM-F numbers (SPEC section 8): (baseline, benchmark, prompts) -> Reported,
+# prompts "bands" (top-1 + band points, the corrected sampler) or "top1" (the top-1 point alone).
+PAPER_BTO_CORRECTED = {
+    ("persam_f", "fss", "bands"): Reported((85.77, 87.42, 91.89), CORRECTION_SOURCE, "episode_fb_miou", "corrected",
+                                           "FSS-1000 fold 0"),
+    ("persam_f", "fss", "top1"): Reported((85.10, 85.87, 87.53), CORRECTION_SOURCE, "episode_fb_miou", "corrected",
+                                          "FSS-1000 fold 0, top-1 point only"),
+    ("persam_f", "pascal_part", "bands"): Reported((49.46, 52.38, 58.13), CORRECTION_SOURCE, "episode_fb_miou",
+                                                   "corrected", "Pascal-Part, mean of folds 0-3"),
+    ("persam_f", "pascal_part", "top1"): Reported((51.12, 51.52, 52.61), CORRECTION_SOURCE, "episode_fb_miou",
+                                                  "corrected", "Pascal-Part, mean of folds 0-3, top-1 point only"),
 }
 PAPER_OPTIMAL_STEP = {"mean": 3.0, "std": 1.8}  # Tab. 2: mean ~3, std ~1.7-1.8
 
@@ -281,12 +320,74 @@ def step_norms(table: pd.DataFrame, by=SETTING) -> pd.DataFrame:
     return moved.groupby(list(by) + ["step"])[["drift_norm", "noise_norm", "d_phi"]].mean().reset_index()
 
 
-def regimes(table: pd.DataFrame) -> pd.Series:
-    """Which terms of the flow moved the embedding: both, drift only (gamma = 0), noise only, neither."""
-    noise = table.gamma > 0
-    names = np.select([table.drift & noise, table.drift & ~noise, ~table.drift & noise],
-                      ["both", "drift only", "noise only"], default="neither")
+def regimes(table: pd.DataFrame, resampling: str = "fixed") -> pd.Series:
+    """Which terms of the flow moved the embedding: both, drift only (gamma = 0), noise only, or
+    neither (eta = 0 silences both). With ``resampling="fresh"`` (new prompt draws every step) a flow
+    that moves nothing is "resampling only", and the others are marked "+ resampling"."""
+    drift = table.drift & (table.eta > 0)
+    noise = (table.gamma > 0) & (table.eta > 0)
+    names = np.select([drift & noise, drift & ~noise, ~drift & noise], ["both", "drift only", "noise only"],
+                      default="neither")
+    if resampling == "fresh":
+        names = np.where(names == "neither", "resampling only", np.char.add(names.astype(str), " + resampling"))
     return pd.Series(names, index=table.index, name="regime")
+
+
+def moved_pairs(table: pd.DataFrame) -> pd.DataFrame:
+    """Consecutive candidates (t, t + 1) of each trajectory whose prompts differ, with the change of
+    d_phi (``d_change``) and of IoU in points (``iou_change``): what the method's premise is about."""
+    t = ok(table).sort_values(list(KEY))
+    after = t.groupby(list(TRAJECTORY), sort=False)[["prompts", "d_phi", "iou"]].shift(-1)
+    pairs = t.assign(d_change=after.d_phi - t.d_phi, iou_change=100 * (after.iou - t.iou))
+    return pairs[after.prompts.notna() & (after.prompts != t.prompts)].dropna(subset=["d_change"])
+
+
+def premise(pairs: pd.DataFrame, **bootstrap) -> dict:
+    """Does the candidate's IoU rise when d_phi rises? Over :func:`moved_pairs`: how many pairs raise
+    d_phi, the share of those (and of the pairs that lower it) whose IoU rises, the mean IoU change
+    (points, episode-clustered 95% interval) each way, and the rank correlation of the two changes."""
+    out = {"pairs": int(len(pairs)), "episodes": int(pairs.episode.nunique()) if len(pairs) else 0}
+    for name, side in (("d_up", pairs[pairs.d_change > 0]), ("d_down", pairs[pairs.d_change < 0])):
+        out[f"{name}_pairs"] = int(len(side))
+        if len(side):
+            out[f"{name}_iou_up_share"] = float((side.iou_change > 0).mean())
+            interval = cluster_bootstrap(side.iou_change, side.episode, **bootstrap)
+            out[f"{name}_iou_change"] = {k: interval[k] for k in ("mean", "low", "high")}
+    if len(pairs) > 2:
+        rho = pairs.d_change.rank().corr(pairs.iou_change.rank())
+        out["spearman"] = float(rho) if np.isfinite(rho) else 0.0
+    return out
+
+
+def table_contrast(a: pd.DataFrame, b: pd.DataFrame, selector: str, by=("baseline",), scale: float = 100.0,
+                   **bootstrap) -> pd.DataFrame:
+    """Per-episode a - b of the top-1 ("T") and oracle ("O") IoU of two tables over the same episodes and
+    seeds (e.g. the gradient's direction vs a random one at one norm), in points, with 95% intervals by a
+    cluster bootstrap over episodes. Columns: the group, ``variant``, ``mean``, ``low``, ``high``, ``n``, ``episodes``."""
+    keys = list(by) + ["seed", "episode"]
+    both = per_episode(a, [selector]).merge(per_episode(b, [selector]), on=keys, suffixes=("_a", "_b"))
+    rows = []
+    for key, group in both.groupby(list(by), sort=True):
+        labels = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        for variant, column in (("T", f"iou_T {selector}"), ("O", "iou_O")):
+            interval = paired_interval(scale * group[f"{column}_a"], scale * group[f"{column}_b"],
+                                       clusters=group.episode, **bootstrap)
+            episodes = interval.pop("clusters")
+            rows.append({**labels, "variant": variant, **interval, "episodes": episodes})
+    return pd.DataFrame(rows)
+
+
+def interval_summary(frame: pd.DataFrame, by, measures, **bootstrap) -> pd.DataFrame:
+    """Mean of each of ``measures`` per ``by`` group with a 95% interval by a cluster bootstrap over
+    episodes, long format: the group, ``measure``, ``mean``, ``low``, ``high``, ``n``, ``episodes``."""
+    rows = []
+    for key, group in ok(frame).groupby(list(by), sort=True):
+        labels = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        for measure in measures:
+            interval = cluster_bootstrap(group[measure], group.episode, **bootstrap)
+            rows.append({**labels, "measure": measure, **{k: interval[k] for k in ("mean", "low", "high", "n")},
+                         "episodes": interval["clusters"]})
+    return pd.DataFrame(rows)
 
 
 def curve_shape(values, tol: float) -> dict:
@@ -326,6 +427,20 @@ def markdown_table(frame: pd.DataFrame, floatfmt: str = ".2f", formats: dict | N
 
 
 # ---------------------------------------------------------------- theory: noise against drift
+
+def step_norm_grid(eta: float, gamma: float, clip: float, size: int, between: int = 1, past=(4.0,)) -> dict:
+    """Labelled L2 norms of one step for the direction test, from the paper's largest drift
+    eta * clip * sqrt(n) (``size`` = n, the embedding's element count), through ``between`` geometric
+    points, to the noise's norm sqrt(2 eta gamma n), and multiples ``past`` it."""
+    drift, noise = eta * clip * math.sqrt(size), math.sqrt(2 * eta * gamma * size)
+    grid = {"paper drift": drift}
+    for k in range(1, between + 1):
+        norm = drift * (noise / drift) ** (k / (between + 1))
+        grid[f"{norm / drift:.0f}x drift"] = norm
+    grid["noise"] = noise
+    grid.update({f"{m:g}x noise": m * noise for m in past})
+    return grid
+
 
 def noise_vs_drift(etas, gamma: float = 0.1, clip: float = 0.1) -> pd.DataFrame:
     """Per element and step: the noise std sqrt(2 eta gamma) vs the largest drift eta * clip."""

@@ -138,14 +138,16 @@ def looks_like_shapeworld(args, episodes) -> bool:
 
 def cmd_evaluate(args) -> int:
     from . import distributed
-    from .baselines import make_baseline
+    from .baselines import make_baseline, task_kind
     from .data.sources import kind_of
     from .evaluation import accumulate, bto_table, episode_ids, evaluate, failure_lines, in_protocol_order, shard_path, summarise
     from .flow import FlowConfig
     from .models.encoding import Encoder
     from .models.loading import load_sam, resolve_device
+    from .presets import get_preset, parse_assignments
     from .results import ResultsFile
     from .select import rule
+    from .workers import resolve_workers
 
     rule(args.selector)  # an unknown name fails here, before any model is loaded
     model_type = "tiny" if args.backend == "tiny" else args.model_type
@@ -153,26 +155,28 @@ def cmd_evaluate(args) -> int:
         raise ValueError("--backend sam needs --checkpoint PATH to an official SAM checkpoint")
     if args.persam_f_iters < 1:
         raise ValueError(f"--persam-f-iters must be at least 1, got {args.persam_f_iters}")
+    overrides = {"resampling": args.resampling, "point_order": "row_col" if args.released_point_order else None,
+                 **parse_assignments(args.set)}
+    preset = get_preset(args.preset).override(**overrides)
     rank, world, device = distributed.setup(resolve_device(args.device))
     try:
         sam = load_sam(model_type, args.checkpoint, device=str(device))
         # --episode-seed samples the episodes; --seed drives PR-MaGIC's noise only
         episodes = _load_episodes(argparse.Namespace(**{**vars(args), "seed": args.episode_seed}),
                                   sam.image_encoder.img_size)
-        kind = kind_of(episodes, args.kind)
+        benchmark = None if args.data else args.dataset
+        kind = task_kind(kind_of(episodes, args.kind), benchmark, preset)
         if args.backend == "tiny" and not looks_like_shapeworld(args, episodes):
             print(TINY_ONLY_SHAPEWORLD, file=sys.stderr)
         eta = args.eta if args.eta is not None else (1e-3 if kind == "object" else 1e-4)
         flow = FlowConfig(eta=eta, gamma=args.gamma, clip=None if args.clip <= 0 else args.clip,
                           reduction=args.reduction, grad_at=args.grad_at, divergence=args.divergence)
-        from .baselines.matcher import BENCHMARK_PRESETS
-
-        baseline = make_baseline(args.baseline, kind=kind, released_point_order=args.released_point_order,
-                                 train_iters=args.persam_f_iters, variant=args.matcher_variant,
-                                 dinov2_checkpoint=args.dinov2_checkpoint, preset=BENCHMARK_PRESETS.get(args.dataset))
+        baseline = make_baseline(args.baseline, kind=kind, train_iters=args.persam_f_iters,
+                                 variant=args.matcher_variant, dinov2_checkpoint=args.dinov2_checkpoint,
+                                 settings=preset, benchmark=benchmark)
         baseline_settings = {}
         if args.baseline == "persam_f":
-            baseline_settings = {"persam_f_iters": args.persam_f_iters}
+            baseline_settings = {"persam_f_iters": args.persam_f_iters, "persam_f_points": baseline.points}
         elif args.baseline == "matcher":
             baseline_settings = {"matcher_variant": args.matcher_variant, "matcher_preset": baseline.preset.name,
                                  "dinov2_checkpoint": str(args.dinov2_checkpoint or "")}
@@ -182,17 +186,18 @@ def cmd_evaluate(args) -> int:
             checkpoint=str(args.checkpoint) if args.checkpoint else "shipped tiny weights",
             dataset="folder" if args.data else args.dataset, data=str(args.data or args.data_root or ""),
             kind=kind, fold=args.fold, shots=args.shots, episodes=limit, episode_seed=args.episode_seed,
-            steps=args.steps, selector=args.selector, seed=args.seed, resampling=args.resampling,
-            released_point_order=args.released_point_order, **baseline_settings, **flow.as_dict(),
+            steps=args.steps, selector=args.selector, seed=args.seed, preset=preset.name,
+            preset_settings=preset.as_dict(), **baseline_settings, **flow.as_dict(),
         )
         # Under torchrun each rank resumes from its own shard file; rank 0 also keeps the merged
         # table at --out, whose settings are checked before any work.
         sharded_out = args.out is not None and world > 1
         merged = ResultsFile(args.out, settings) if sharded_out and rank == 0 else None
-        rows = evaluate(baseline, Encoder(sam), episodes, steps=args.steps, flow=flow, selector=args.selector,
-                        seed=args.seed, resampling=args.resampling, settings=settings, limit=limit,
+        rows = evaluate(baseline, Encoder(sam, batch_size=args.encode_batch), episodes, steps=args.steps, flow=flow,
+                        selector=args.selector, seed=args.seed, preset=preset, settings=settings, limit=limit,
                         out=shard_path(args.out, rank, world) if sharded_out else args.out,
-                        shard=(rank, world), progress=not args.json and rank == 0, save_masks=args.save_masks)
+                        shard=(rank, world), progress=not args.json and rank == 0, save_masks=args.save_masks,
+                        workers=resolve_workers(args.workers, device, world))
         if world > 1:
             rows = in_protocol_order(distributed.gather_rows(rows), episode_ids(episodes, limit))
         if merged is not None:
@@ -201,6 +206,7 @@ def cmd_evaluate(args) -> int:
         distributed.teardown()
     summary = summarise(accumulate(rows), settings)
     summary["device"] = str(device)
+    summary["preset"] = preset.name
     code = 0 if summary["episodes"] else 1
     if rank != 0:
         return code
@@ -213,7 +219,19 @@ def cmd_evaluate(args) -> int:
 
 
 class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each flag's default after its help, except where there is none to show (None, off, empty)."""
+    """Shows each flag's default after its help, except where there is none to show (None, off, empty);
+    a help column wide enough that every command's line starts beside its name."""
+
+    def __init__(self, prog, indent_increment=2, max_help_position=32, width=None):
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+    def add_argument(self, action):
+        super().add_argument(action)
+        # argparse sizes the help column without the subcommands' extra indent, so a long command name
+        # would push its help onto the next line
+        if action.help is not argparse.SUPPRESS and hasattr(action, "_get_subactions"):
+            longest = max((len(self._format_action_invocation(a)) for a in action._get_subactions()), default=0)
+            self._action_max_length = max(self._action_max_length, longest + self._current_indent + self._indent_increment)
 
     def _get_help_string(self, action):
         if action.default in (None, False, [], argparse.SUPPRESS):
@@ -278,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, default=1, help="support images per episode")
     p.add_argument("--episodes", type=int, default=None, help="ShapeWorld: how many (default 100); others: at most")
     p.add_argument("--steps", type=int, default=5, help="refinement steps T (T + 1 candidates)")
-    p.add_argument("--eta", type=float, default=None, help="default 1e-3 (objects) / 1e-4 (parts)")
+    p.add_argument("--eta", type=float, default=None,
+                   help="default 1e-3 (objects) / 1e-4 (parts, and the benchmarks the preset runs as parts)")
     p.add_argument("--gamma", type=float, default=0.1, help="noise scale: std sqrt(2 eta gamma) per step")
     p.add_argument("--clip", type=float, default=0.1, help="clip of the gradient's elements; 0 turns clipping off")
     p.add_argument("--reduction", default="sum", choices=["sum", "mean", "foreground"],
@@ -290,9 +309,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="top-1 selector, any of select.FAMILY: the release's (masked-image, masked-image-iou-margin, "
                         "crop-pool, pooled), the fork's (guarded, rank-sum, median-rank, consensus), ours "
                         "(contrastive, centred, prototype-iou, purity, vote), references (random, fixed-step, oracle)")
-    p.add_argument("--resampling", default="fixed", choices=["fixed", "fresh"],
-                   help="fixed: the same random prompt choices every step; fresh: new ones (as released)")
-    p.add_argument("--released-point-order", action="store_true", help="PerSAM-F: the release's (row, col) quirk")
+    p.add_argument("--preset", default="release", choices=["release", "release-v1", "corrected", "principled"],
+                   help="which behaviour every component has (README: presets); flags below override it")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override one preset setting, e.g. --set cascade_box=each --set alpha_s=0.25 (repeatable)")
+    p.add_argument("--resampling", default=None, choices=["fixed", "fresh"],
+                   help="fixed: the same random prompt choices every step; fresh: new ones (as released); "
+                        "default: the preset's")
+    p.add_argument("--released-point-order", action="store_true",
+                   help="PerSAM-F: the first release's (row, col) extra points (= --set point_order=row_col)")
     p.add_argument("--persam-f-iters", type=int, default=1000, help="PerSAM-F's fine-tuning iterations")
     p.add_argument("--seed", type=int, default=0, help="PR-MaGIC's noise (the release averages 42..46)")
     p.add_argument("--episode-seed", type=int, default=0, help="episode sampling (benchmarks, ShapeWorld)")
@@ -302,12 +327,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-masks", default=None, metavar="DIR",
                    help="draw B, T, O and every candidate on each query image: DIR/<episode>/{B,T,O,candidate_<t>}.png")
     p.add_argument("--json", action="store_true", help="last line: a JSON object with the results and settings")
+    p.add_argument("--workers", type=int, default=None,
+                   help="CPU worker processes, one thread each (default: every core; 1 on a GPU or under torchrun)")
+    p.add_argument("--encode-batch", type=int, default=None,
+                   help="images per SAM encoder call (default: as many as a memory budget allows)")
     p.set_defaults(func=cmd_evaluate)
 
     # Commands that live in their own module: each provides add_arguments(parser) and run(args) -> int.
     for name, module, help_text in (
-        ("figures", "figures", "run the notebooks with papermill and regenerate every figure"),
-        ("bench", "bench", "time the baseline and PR-MaGIC with each selector; count encoder passes"),
+        ("figures", "figures", "run the notebooks with papermill; write every figure"),
+        ("bench", "bench", "seconds and encoder passes: baseline vs PR-MaGIC"),
     ):
         p = sub.add_parser(name, help=help_text)
         command = importlib.import_module(f"{__package__}.{module}")
@@ -330,6 +359,11 @@ ARGUMENT_RULES = {
     "fold": (lambda v: v >= 0, "at least 0"),
     "seed": (lambda v: v >= 0, "at least 0"),
     "episode_seed": (lambda v: v >= 0, "at least 0"),
+    "workers": (lambda v: v >= 1, "at least 1"),
+    "encode_batch": (lambda v: v >= 1, "at least 1"),
+    "image_size": (lambda v: v >= 16, "at least 16"),
+    "speedup_episodes": (lambda v: v >= 0, "at least 0"),
+    "warmup": (lambda v: v >= 0, "at least 0"),
 }
 
 

@@ -26,7 +26,9 @@ from .metrics import METRIC_NAMES, IoUAccumulator, episode_counts
 from .models.encoding import Encoder
 from .overlays import save_overlays
 from .pipeline import run_episode
+from .presets import Preset
 from .results import ResultsFile
+from .workers import ordered_map
 
 VARIANTS = ("baseline", "top1", "oracle")
 # A benchmark that cannot load an episode raises BenchmarkError, a ValueError.
@@ -83,14 +85,15 @@ def failure_lines(rows, shown: int = 5) -> list:
     return lines
 
 
-def _check_in_memory(episodes, ids: list, encoder: Encoder) -> None:
+def _check_in_memory(episodes, ids: list, encoder: Encoder, need_truth: bool = True) -> None:
     """Episodes already in memory (not a lazy benchmark) are checked before any work: each has
-    ground truth to score against, and images that survive SAM's resize to the encoder's input."""
+    ground truth to score against (unless ``need_truth`` is off: --save-masks draws unscored photos
+    too), and images that survive SAM's resize to the encoder's input."""
     if hasattr(episodes, "episode_ids"):
         return
     chosen = episodes[:len(ids)]
     unscored = [episode.name for episode in chosen if episode.query_mask is None]
-    if unscored:
+    if unscored and need_truth:
         raise UserError(f"episode {unscored[0]} has no query mask to score against ({len(unscored)} of {len(ids)} "
                         "episodes lack one; a folder episode needs query_mask.png)")
     side = encoder.sam.image_encoder.img_size
@@ -147,7 +150,7 @@ def bto_table(summary: dict) -> str:
             ("top1", "T", f"top-1: the {settings.get('selector', '')} selector's pick"),
             ("oracle", "O", "oracle: the candidate of highest IoU"))
     lines = [f"{n} episode{'' if n == 1 else 's'} ({summary['failed_episodes']} failed), "
-             f"{settings.get('baseline', '')} with PR-MaGIC, steps={steps}; rows: which mask, columns: which metric, in %",
+             f"{settings.get('baseline', '')} with PR-MaGIC, steps={steps}, preset {settings.get('preset', '?')}; rows: which mask, columns: which metric, in %",
              f"{'':<42}{'mIoU %':>8}{'FB-IoU %':>10}{'ep-FB-mIoU %':>14}"]
     for key, label, what in rows:
         lines.append(f"{label} {what:<40}{summary[key + '_miou']:8.2f}{summary[key + '_fb_iou']:10.2f}"
@@ -159,17 +162,22 @@ def bto_table(summary: dict) -> str:
 
 
 def evaluate(baseline: Baseline, encoder: Encoder, episodes, steps: int = 5, flow: FlowConfig = FlowConfig(),
-             selector: str = "masked-image", seed: int = 0, resampling: str = "fixed", out=None,
+             selector: str = "masked-image", seed: int = 0, resampling: str | None = None, out=None,
              settings: dict | None = None, shard: tuple = (0, 1), limit: int | None = None,
-             progress: bool = True, save_masks=None) -> list:
+             progress: bool = True, save_masks=None, preset: Preset | str | None = None,
+             workers: int = 1) -> list:
     """Run this ``shard`` = (rank, world)'s share of the first ``limit`` episodes, skipping those already
     in ``out``; returns the shard's rows, the ones found in ``out`` included.
 
+    ``preset`` (default ``release``) sets the loop's and the selector's behaviour (``resampling``
+    overrides its resampling); ``settings`` is what the results file records (name the preset there).
     ``save_masks``: a folder; each episode run gets ``<save_masks>/<episode>/`` with its B, T, O and
     every candidate drawn on the query image (:func:`prmagic_core.overlays.save_overlays`), also an
     episode without a query mask, which is then recorded as failed (it cannot be scored).
 
     ``episodes`` is a sequence of :class:`Episode`, or any lazy sequence with ``episode_ids``.
+    ``workers`` > 1 runs the episodes in that many forked processes (:mod:`prmagic_core.workers`);
+    the rows are those of one process.
     """
     settings = dict(settings or {})
     ids = episode_ids(episodes, limit)
@@ -178,11 +186,12 @@ def evaluate(baseline: Baseline, encoder: Encoder, episodes, steps: int = 5, flo
     rank, world = shard
     if not 0 <= rank < world:
         raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
-    _check_in_memory(episodes, ids, encoder)
+    _check_in_memory(episodes, ids, encoder, need_truth=save_masks is None)
     table = ResultsFile(out, settings, check_row=check_row) if out is not None else None
     rows = []
     todo = [i for i in range(rank, len(ids), world) if not (table and table.done(ids[i]))]
-    for index in tqdm(todo, disable=not progress, desc=f"{baseline.name} steps={steps}", unit="episode"):
+
+    def run_one(index: int) -> dict:
         class_name = "?"
         try:
             episode = episodes[index]
@@ -191,14 +200,18 @@ def evaluate(baseline: Baseline, encoder: Encoder, episodes, steps: int = 5, flo
             if episode.query_mask is None and save_masks is None:
                 raise ValueError(unscored)
             result = run_episode(baseline, encoder, episode, steps, flow, selector,
-                                 episode_seed(seed, ids[index]), resampling)
+                                 episode_seed(seed, ids[index]), resampling, preset=preset)
             if save_masks is not None:
                 save_overlays(Path(save_masks) / ids[index], episode, result)
             if episode.query_mask is None:
                 raise ValueError(f"{unscored} (its masks are in {Path(save_masks) / ids[index]})")
-            row = _row(episode, result)
+            return _row(episode, result)
         except EPISODE_ERRORS as err:
-            row = _failed_row(ids[index], class_name, err)
+            return _failed_row(ids[index], class_name, err)
+
+    finished = ordered_map(run_one, todo, workers)
+    for row in tqdm(finished, total=len(todo), disable=not progress, desc=f"{baseline.name} steps={steps}",
+                    unit="episode"):
         rows.append(row)
         if table is not None:
             table.append([row])

@@ -50,12 +50,18 @@ from .data.sources import kind_of, load_source
 from .evaluation import EPISODE_ERRORS, episode_ids, episode_seed
 from .flow import FlowConfig
 from .metrics import episode_counts
+from .push import ARMS, push
 from .refine import DecodeMemo, refine
 from .results import ResultsFile
-from .select import SELECTORS, oracle, select
+from .pipeline import select_final
+from .presets import get_preset
+from .select import SELECTORS, oracle
 from .signals import DECODER, FEATURE, candidate_signals
+from .workers import ordered_map, resolve_workers
 
-TABLE_VERSION = 2  # 2: each row carries the candidate's zero-pass signals
+# 2: rows from a preset (selector evidence, first-shot support); 3: each row carries the
+# candidate's zero-pass signals (signal_* columns)
+TABLE_VERSION = 3
 BACKENDS = ("tiny", "sam")
 DEFAULT_ETA = {"object": 1e-3, "part": 1e-4}
 
@@ -104,7 +110,10 @@ class Sweep:
     """A grid of settings: baselines x etas x gammas x drifts x seeds over the first ``episodes``.
 
     The other fields are fixed for the whole table (they are part of its file's settings).
-    ``drifts=(False,)`` zeroes the gradient term (noise only); ``gammas=(0.0,)`` is drift only.
+    ``drifts=(False,)`` zeroes the gradient term (noise only); ``gammas=(0.0,)`` is drift only;
+    ``etas=(0.0,), gammas=(0.0,)`` with ``resampling="fresh"`` is resampling only.
+    ``direction``, ``step`` and ``step_size`` size and point the drift (see
+    :class:`~prmagic_core.flow.FlowConfig`): one table per choice, :meth:`Lab.sweeps` runs several.
     """
 
     baselines: tuple = ("persam_f",)
@@ -118,9 +127,13 @@ class Sweep:
     divergence: str = "kl"
     reduction: str = "sum"
     grad_at: str = "z0"
-    resampling: str = "fixed"
+    resampling: str | None = None  # None: the preset's
     selectors: tuple = SELECTORS
     released_point_order: bool = False
+    preset: str = "release"
+    direction: str = "gradient"
+    step: str = "fixed"
+    step_size: float | None = None
 
     def __post_init__(self):
         # Canonical types: the table keys rows by str(value), so 0 and 0.0 must not both occur.
@@ -139,11 +152,18 @@ class Sweep:
 
     def flow(self, eta: float, gamma: float, drift: bool) -> FlowConfig:
         return FlowConfig(eta=eta, gamma=gamma, clip=self.clip, divergence=self.divergence,
-                          reduction=self.reduction, grad_at=self.grad_at, drift=drift)
+                          reduction=self.reduction, grad_at=self.grad_at, drift=drift, direction=self.direction,
+                          step=self.step, step_size=self.step_size)
 
     def flows(self) -> list:
         """(eta, gamma, drift) of every flow setting of the grid."""
         return [(e, g, d) for e in self.etas for g in self.gammas for d in self.drifts]
+
+    def along(self, arm: str, norm: float) -> "Sweep":
+        """This grid with a drift of L2 norm ``norm`` along a direction arm of :data:`~prmagic_core.push.ARMS`
+        and no noise (gamma 0): one cell of the direction test."""
+        direction, reduction = ARMS[arm]
+        return replace(self, gammas=(0.0,), direction=direction, reduction=reduction, step_size=float(norm))
 
     def rows_of(self, frame: pd.DataFrame, episode_ids) -> pd.DataFrame:
         """The rows of ``frame`` inside this grid and these episodes (a table file may hold more)."""
@@ -236,8 +256,8 @@ class Scored:
     signals: dict = field(default_factory=dict)
 
 
-def run_trajectory(prompter, encoder, episode, flow: FlowConfig, seed: int, steps: int, resampling: str,
-                   selectors, memo: DecodeMemo | None = None) -> Scored:
+def run_trajectory(prompter, encoder, episode, flow: FlowConfig, seed: int, steps: int, resampling: str | None,
+                   selectors, memo: DecodeMemo | None = None, preset: str = "release") -> Scored:
     """Refine once (seeded as ``prmagic evaluate`` seeds the episode), then score it with every selector.
 
     ``memo`` (one per prompter) shares the decodes on z0 between the flow settings and seeds of an episode.
@@ -245,9 +265,8 @@ def run_trajectory(prompter, encoder, episode, flow: FlowConfig, seed: int, step
     if episode.query_mask is None:
         raise ValueError(f"episode {episode.name} has no query mask to score against")
     generator = torch.Generator().manual_seed(episode_seed(seed, episode.name))
-    trajectory = refine(prompter, steps, flow, generator, resampling, memo=memo)
-    selections = {name: select(name, trajectory.candidates, encoder, prompter.query, episode.support_images,
-                               episode.support_masks) for name in selectors}
+    trajectory = refine(prompter, steps, flow, generator, resampling or get_preset(preset).resampling, memo=memo)
+    selections = {name: select_final(name, trajectory, prompter, encoder, episode, preset) for name in selectors}
     signals = candidate_signals(RECORDED_SIGNALS, trajectory, encoder, prompter.query, episode.support_images,
                                 episode.support_masks)
     return Scored(trajectory, selections, oracle(trajectory.candidates, episode.query_mask), signals)
@@ -288,12 +307,17 @@ def _failed_row(baseline: str, flow_key: tuple, seed: int, episode_id: str, step
 # ---------------------------------------------------------------- the lab: model, data, tables
 
 class Lab:
-    """One model and one data source; loads the model only when a table lacks rows."""
+    """One model and one data source; loads the model only when a table lacks rows.
 
-    def __init__(self, setup: Setup, cache_dir="build/cache", flush_every: int = 32):
+    ``workers``: processes that compute a sweep's missing episodes (default: every core on a CPU;
+    see :mod:`prmagic_core.workers`); the table is the one a single process writes.
+    """
+
+    def __init__(self, setup: Setup, cache_dir="build/cache", flush_every: int = 32, workers: int | None = None):
         self.setup = setup
         self.cache_dir = Path(cache_dir)
         self.flush_every = flush_every
+        self.workers = workers
         self._sam = None
         self._encoder = None
         self._episodes = None
@@ -328,8 +352,14 @@ class Lab:
 
             # Small embeddings for SAM-Tiny (~0.3 MB each); official SAM's are 4 MB plus the image.
             tiny = self.setup.backend == "tiny"
-            self._encoder = Encoder(self.sam, cache_size=512 if tiny else 64, batch_size=8 if tiny else 4)
+            self._encoder = Encoder(self.sam, cache_size=512 if tiny else 64)
         return self._encoder
+
+    @property
+    def embedding_size(self) -> int:
+        """Elements of one image embedding: the n of the flow's sqrt(n) norms (loads the model)."""
+        encoder = self.sam.prompt_encoder
+        return encoder.embed_dim * encoder.image_embedding_size[0] * encoder.image_embedding_size[1]
 
     # -- data
     @property
@@ -388,69 +418,131 @@ class Lab:
         digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
         return self.cache_dir / f"{self.setup.dataset}-{self.kind}-{self.setup.sam_type}-T{sweep.steps}-{digest}.csv"
 
-    def baseline(self, name: str, kind: str, released_point_order: bool = False):
+    def baseline(self, name: str, kind: str, released_point_order: bool = False, preset: str = "release"):
         """One baseline object per name and options (Matcher keeps its DINOv2 loaded across episodes)."""
-        key = (name, kind, released_point_order)
+        key = (name, kind, released_point_order, preset)
         if key not in self._baselines:
-            from .baselines.matcher import BENCHMARK_PRESETS
-
             self._baselines[key] = make_baseline(name, kind=kind, released_point_order=released_point_order,
                                                  dinov2_checkpoint=self.setup.dinov2_checkpoint,
-                                                 preset=BENCHMARK_PRESETS.get(self.setup.dataset))
+                                                 settings=preset, benchmark=self.setup.dataset)
         return self._baselines[key]
 
-    def prepare(self, baseline: str, episode, released_point_order: bool = False):
-        return self.baseline(baseline, episode.kind, released_point_order).prepare(
+    def prepare(self, baseline: str, episode, released_point_order: bool = False, preset: str = "release"):
+        return self.baseline(baseline, episode.kind, released_point_order, preset).prepare(
             self.encoder, episode.support_images, episode.support_masks, episode.query_image)
 
     def sweep(self, sweep: Sweep, progress: bool = True) -> pd.DataFrame:
         """The table of ``sweep``: rows already on disk are read, missing trajectories computed."""
-        table = ResultsFile(self.table_path(sweep), self.settings(sweep), key=KEY)
-        ids = self.episode_ids(sweep.episodes)
-        combos = [(f, seed) for f in sweep.flows() for seed in sweep.seeds]
-        todo = {(b, i): [c for c in combos if not table.done(b, *c[0], c[1], eid, sweep.steps)]
-                for b in sweep.baselines for i, eid in enumerate(ids)}
+        return self.sweeps([sweep], progress)[0]
+
+    def sweeps(self, sweeps, progress: bool = True) -> list:
+        """The tables of several sweeps (one file each), computed episode by episode: a baseline's
+        prompter and its decodes on z0 are prepared once per episode for all of them."""
+        sweeps = list(sweeps)
+        tables = [ResultsFile(self.table_path(s), self.settings(s), key=KEY) for s in sweeps]
+        ids = self.episode_ids(max(s.episodes for s in sweeps))
+        todo = {}  # (baseline, episode index) -> [(sweep index, flow key, seed)] not on disk yet
+        for k, (sweep, table) in enumerate(zip(sweeps, tables)):
+            for b in sweep.baselines:
+                for i, eid in enumerate(ids[:sweep.episodes]):
+                    todo.setdefault((b, i), []).extend(
+                        (k, f, seed) for f in sweep.flows() for seed in sweep.seeds
+                        if not table.done(b, *f, seed, eid, sweep.steps))
         total = sum(len(v) for v in todo.values())
-        pending, last_flush = [], time.monotonic()
+        pending, last_flush = [[] for _ in sweeps], time.monotonic()
 
         def flush():
-            nonlocal pending, last_flush
-            table.append(pending)
-            pending, last_flush = [], time.monotonic()
+            nonlocal last_flush
+            for table, rows in zip(tables, pending):
+                table.append(rows)
+                rows.clear()
+            last_flush = time.monotonic()
 
+        def episode_rows(unit):
+            (baseline, index), missing = unit
+            return self._episode_rows(baseline, index, ids[index], missing, sweeps)
+
+        units = [unit for unit in todo.items() if unit[1]]
+        workers = resolve_workers(self.workers, self.device)
+        if workers == 1:  # trajectory by trajectory, so an interruption loses at most the one in flight
+            trajectories = (item for unit in units for item in episode_rows(unit))
+        else:  # episode by episode, each in a worker
+            finished = ordered_map(lambda unit: list(episode_rows(unit)), units, workers)
+            trajectories = (item for episode in finished for item in episode)
         try:
-            with tqdm(total=total, disable=not progress or total == 0, desc=f"sweep {self.table_path(sweep).name}") as bar:
-                for (baseline, index), missing in todo.items():
-                    for rows in self._episode_rows(baseline, index, ids[index], missing, sweep):
-                        pending.extend(rows)
-                        bar.update(1)
-                        if len(pending) >= self.flush_every * (sweep.steps + 1) or time.monotonic() - last_flush > 30:
-                            flush()
+            names = ", ".join(self.table_path(s).name for s in sweeps[:2]) + (", ..." if len(sweeps) > 2 else "")
+            with tqdm(total=total, disable=not progress or total == 0, desc=f"sweep {names}") as bar:
+                for k, rows in trajectories:
+                    pending[k].extend(rows)
+                    bar.update(1)
+                    if (sum(map(len, pending)) >= self.flush_every * (sweeps[k].steps + 1)
+                            or time.monotonic() - last_flush > 30):
+                        flush()
         finally:  # an interrupted sweep keeps every trajectory it finished
             flush()
-        return sweep.rows_of(to_frame(table.rows), ids)
+        return [sweep.rows_of(to_frame(table.rows), ids[:sweep.episodes]) for sweep, table in zip(sweeps, tables)]
 
-    def _episode_rows(self, baseline: str, index: int, episode_id: str, missing: list, sweep: Sweep):
-        """Yields the rows of each missing trajectory of one episode; the prompter is prepared once for all."""
+    def _episode_rows(self, baseline: str, index: int, episode_id: str, missing: list, sweeps: list):
+        """Yields (sweep index, rows) of each missing trajectory of one episode; the prompter is prepared
+        once for all (once per point order and preset)."""
         if not missing:
             return
-        class_name = "?"
-        try:
-            episode = self.episode(index)
-            class_name = episode.class_name
-            prompter = self.prepare(baseline, episode, sweep.released_point_order)
-            memo = DecodeMemo(prompter)
-        except EPISODE_ERRORS as err:
-            for flow_key, seed in missing:
-                yield [_failed_row(baseline, flow_key, seed, episode_id, sweep.steps, class_name, err)]
-            return
-        for flow_key, seed in missing:
+        class_name, prepared = "?", {}
+        for k, flow_key, seed in missing:
+            sweep = sweeps[k]
             try:
+                episode = self.episode(index)
+                class_name = episode.class_name
+                options = (sweep.released_point_order, sweep.preset)
+                if options not in prepared:  # a failed preparation is not retried
+                    try:
+                        prompter = self.prepare(baseline, episode, *options)
+                        prepared[options] = prompter, DecodeMemo(prompter)
+                    except EPISODE_ERRORS as err:
+                        prepared[options] = err
+                if isinstance(prepared[options], Exception):
+                    raise prepared[options]
+                prompter, memo = prepared[options]
                 scored = run_trajectory(prompter, self.encoder, episode, sweep.flow(*flow_key), seed, sweep.steps,
-                                        sweep.resampling, sweep.selectors, memo)
-                yield _rows(scored, episode, baseline, flow_key, seed)
+                                        sweep.resampling, sweep.selectors, memo, sweep.preset)
+                yield k, _rows(scored, episode, baseline, flow_key, seed)
             except EPISODE_ERRORS as err:
-                yield [_failed_row(baseline, flow_key, seed, episode_id, sweep.steps, class_name, err)]
+                yield k, [_failed_row(baseline, flow_key, seed, episode_id, sweep.steps, class_name, err)]
+
+    def pushes(self, baseline: str, n_episodes: int, norms, seeds=(0,), arms=tuple(ARMS), reduction: str = "sum",
+               top_fraction: float = 0.01, released_point_order: bool = False, preset: str = "release",
+               progress: bool = True) -> pd.DataFrame:
+        """Rows of :func:`prmagic_core.push.push` (one step from z0 per arm and norm) for each seed and
+        episode, with ``baseline``, ``seed``, ``episode``, ``class``; cached and resumable like a sweep."""
+        sweep = Sweep(baselines=(baseline,), reduction=reduction, released_point_order=released_point_order,
+                      preset=preset)
+        settings = {**self.settings(sweep), "probe": "push", "baseline": baseline, "norms": [float(n) for n in norms],
+                    "arms": list(arms), "top_fraction": float(top_fraction)}
+        digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+        s = self.setup
+        file = ResultsFile(self.cache_dir / f"push-{s.dataset}-{self.kind}-{s.sam_type}-{baseline}-{digest}.csv",
+                           settings, key=("seed", "episode"))
+        ids = self.episode_ids(n_episodes)
+        for index, episode_id in enumerate(tqdm(ids, disable=not progress, desc=f"push {baseline}")):
+            missing = [seed for seed in seeds if not file.done(seed, episode_id)]
+            if not missing:
+                continue
+            try:
+                episode = self.episode(index)
+                prompter = self.prepare(baseline, episode, released_point_order, preset)
+                memo = DecodeMemo(prompter)
+                for seed in missing:
+                    generator = torch.Generator().manual_seed(episode_seed(seed, episode.name))
+                    rows = push(prompter, memo, episode.query_mask, norms, arms, generator, reduction, top_fraction)
+                    file.append([{"baseline": baseline, "seed": seed, "episode": episode_id,
+                                  "class": episode.class_name, "status": "ok", **row} for row in rows])
+            except EPISODE_ERRORS as err:
+                file.append([{"baseline": baseline, "seed": seed, "episode": episode_id, "status": "failed",
+                              "reason": f"{type(err).__name__}: {err}"} for seed in missing if not file.done(seed, episode_id)])
+        frame = pd.DataFrame(file.rows)
+        frame = frame[frame.seed.astype(int).isin(seeds) & frame.episode.isin(ids)]
+        text = {"baseline", "episode", "class", "arm", "status", "reason"}
+        return frame.apply(lambda c: c if c.name in text else pd.to_numeric(c.replace("", np.nan))).reset_index(drop=True)
 
     def trace(self, baseline: str, index: int, eta: float, gamma: float = 0.1, drift: bool = True, seed: int = 0,
               sweep: Sweep = Sweep()) -> "Trace":
@@ -462,9 +554,10 @@ class Lab:
         if path.exists():
             return Trace.load(path, settings)
         episode = self.episode(index)
-        scored = run_trajectory(self.prepare(baseline, episode, sweep.released_point_order), self.encoder, episode,
+        scored = run_trajectory(self.prepare(baseline, episode, sweep.released_point_order, sweep.preset),
+                                self.encoder, episode,
                                 sweep.flow(float(eta), float(gamma), bool(drift)), int(seed), sweep.steps,
-                                sweep.resampling, sweep.selectors)
+                                sweep.resampling, sweep.selectors, preset=sweep.preset)
         trace = Trace.from_scored(scored, episode, settings)
         trace.save(path)
         return trace

@@ -18,7 +18,8 @@ declares.
 
 Profiles (tiny backend, baselines PerSAM-F and Matcher):
 
-- ``smoke``: 6 episodes, eta in {1e-2, 1e-3}, T = 2, one seed, a shorter 2-D toy.
+- ``smoke``: 6 episodes, eta in {1e-2, 1e-3}, T = 2, one seed, a shorter 2-D toy, and in 08 two
+  directions (gradient, random) at two norms (the paper's drift, the noise's).
   Budget 5 minutes on a 2-core CPU; measured 94 s (2 cores shared
   with a training job, niced, one thread).
 - ``full``: 24 episodes, eta in {1e-2, 1e-3, 1e-4, 1e-5}, T = 5, seeds 0-2.
@@ -57,7 +58,8 @@ COMMITTED_PROFILE = "full"  # the only profile whose figures land in <repo>/figu
 
 PROFILES = {
     "smoke": {"n_episodes": 6, "etas": [1e-2, 1e-3], "steps": 2, "seeds": [0],
-              "toy_steps": 100, "toy_train_steps": 150, "toy_particles": 200, "n_misses": 2},
+              "toy_steps": 100, "toy_train_steps": 150, "toy_particles": 200, "n_misses": 2,
+              "arms": ["gradient", "random"], "norms_between": 0, "norms_past": []},
     "full": {"n_episodes": 24, "etas": [1e-2, 1e-3, 1e-4, 1e-5], "steps": 5, "seeds": [0, 1, 2]},
 }
 
@@ -66,13 +68,15 @@ PROFILES = {
 FIGURES = {
     "00_theory": ("00_drift_weights", "00_toy_flow", "00_toy_flow_retrained", "00_toy_flow_paper_constants",
                   "00_toy_distance", "00_noise_vs_drift"),
-    "01_walkthrough": ("01_episode", "01_steps", "01_prompt_trajectory", "01_scores"),
+    "01_walkthrough": ("01_episode", "01_similarity", "01_prompts", "01_decode", "01_gradient", "01_moved", "01_steps",
+                       "01_prompt_trajectory", "01_scores"),
     "02_eta_sensitivity": ("02_eta_sensitivity",),
     "03_optimal_step_histograms": ("03_optimal_step_histogram",),
     "04_oracle_vs_top1": ("04_bto", "04_scatter", "04_misses"),
     "05_drift_vs_noise": ("05_regimes", "05_regime_steps", "05_norms"),
     "06_main_results": ("06_main_results",),
     "07_selector_study": ("07_closure", "07_tau", "07_misses"),
+    "08_gradient_direction": ("08_direction_norm", "08_direction_vs_random", "08_push", "08_adaptive"),
 }
 # A notebook's own values on top of a profile: the selector study reports on many more test
 # episodes than the sweeps (the protocol: >= 300 x 3 seeds per cell), at each kind's eta.

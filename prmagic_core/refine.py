@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .baselines.base import Prompter
-from .flow import FlowConfig, d_phi, flow_step
+from .flow import FlowConfig, d_phi, flow_step, make_policy
 from .models.decoding import Prompts
 
 RESAMPLING = ("fixed", "fresh")
@@ -22,7 +22,11 @@ RESAMPLING = ("fixed", "fresh")
 
 @dataclass
 class Step:
-    """One candidate of the trajectory and the flow step taken after it (None after the last)."""
+    """One candidate of the trajectory and the flow step taken after it (None after the last).
+
+    ``d_phi`` is the discriminator's value that drove the step (on z0 with ``grad_at="z0"``, so it
+    is this candidate's; on z_t with ``"zt"``); the last candidate keeps its own when it was computed.
+    """
 
     mask: np.ndarray
     logits: torch.Tensor
@@ -32,7 +36,7 @@ class Step:
     gradient: torch.Tensor | None = None
     drift_norm: float | None = None
     noise_norm: float | None = None
-    iou_prediction: float | None = None  # SAM's IoU head on the candidate, when the prompter gives it
+    evidence: object = None  # what the decode handed the selector (a SelectorEvidence), if anything
 
 
 @dataclass
@@ -44,21 +48,25 @@ class Trajectory:
     def candidates(self) -> list:
         return [s.mask for s in self.steps]
 
+    @property
+    def evidence(self) -> list:
+        return [s.evidence for s in self.steps]
+
 
 def _decode(prompter: Prompter, z: torch.Tensor, prompts: Prompts, similarity) -> tuple:
-    """(mask, logits, IoU prediction or None): a prompter's decode may omit the prediction."""
-    mask, logits, *confidence = prompter.decode(z, prompts, similarity)
-    return mask, logits, (float(confidence[0]) if confidence else None)
+    """(mask, logits, evidence or None): a decode may return the selector's evidence third."""
+    mask, logits, *rest = prompter.decode(z, prompts, similarity)
+    return mask, logits, (rest[0] if rest else None)
 
 
 def _gradient(prompter: Prompter, z: torch.Tensor, prompts: Prompts, similarity, reduction: str):
-    """(mask, logits, d_phi value, grad of d_phi w.r.t. z, IoU prediction) from one differentiable decode at z."""
+    """(mask, logits, d_phi value, grad of d_phi w.r.t. z, evidence) from one differentiable decode at z."""
     z = z.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        mask, logits, confidence = _decode(prompter, z, prompts, similarity)
+        mask, logits, evidence = _decode(prompter, z, prompts, similarity)
         d = d_phi(logits, reduction)
         (grad,) = torch.autograd.grad(d, z)
-    return mask, logits.detach(), float(d.detach()), grad, confidence
+    return mask, logits.detach(), float(d.detach()), grad, evidence
 
 
 class DecodeMemo:
@@ -83,8 +91,7 @@ class DecodeMemo:
         return key
 
     def __call__(self, prompts: Prompts, similarity: torch.Tensor, reduction: str, gradient: bool = True):
-        """(mask, logits, d_phi, gradient, IoU prediction) on z0; without ``gradient``, d_phi and
-        the gradient may be None."""
+        """(mask, logits, d_phi, gradient, evidence) on z0; without ``gradient`` d_phi and gradient may be None."""
         key = self._key(prompts, similarity, reduction)
         entry = self._entries.get(key)
         if entry is None or (gradient and entry[3] is None):
@@ -93,8 +100,8 @@ class DecodeMemo:
                 entry = _gradient(self.prompter, self.z0, prompts, similarity, reduction)
             else:
                 with torch.no_grad():
-                    mask, logits, confidence = _decode(self.prompter, self.z0, prompts, similarity)
-                entry = (mask, logits.detach(), None, None, confidence)
+                    mask, logits, evidence = _decode(self.prompter, self.z0, prompts, similarity)
+                entry = (mask, logits.detach(), None, None, evidence)
             self._entries[key] = entry
         return entry
 
@@ -108,6 +115,9 @@ def refine(prompter: Prompter, steps: int = 5, flow: FlowConfig = FlowConfig(),
     prompts change only where the similarity map changed (eta = gamma = 0 gives T + 1
     identical candidates); ``"fresh"`` draws new random choices at every step, as the release does.
     ``memo`` shares the decodes on z0 between runs on the same prompter (see :class:`DecodeMemo`).
+    The step-size policies that look ahead (``flow.step`` "backtrack", "grow") need ``"fixed"``
+    resampling and ``grad_at="z0"``: a trial step must give the prompts the real step would, and
+    its d_phi must be comparable with the current one.
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
@@ -117,6 +127,11 @@ def refine(prompter: Prompter, steps: int = 5, flow: FlowConfig = FlowConfig(),
     memo = memo if memo is not None else DecodeMemo(prompter)
     if memo.prompter is not prompter:
         raise ValueError("the DecodeMemo belongs to another prompter")
+    z0 = prompter.query.embedding.detach()
+    policy = make_policy(flow, float(z0.norm()))
+    if policy.probes and (resampling != "fixed" or flow.grad_at != "z0"):
+        raise ValueError(f"step {flow.step!r} needs resampling='fixed' and grad_at='z0', "
+                         f"got resampling={resampling!r}, grad_at={flow.grad_at!r}")
     prompt_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     prompt_rng = torch.Generator().manual_seed(prompt_seed)
 
@@ -125,22 +140,31 @@ def refine(prompter: Prompter, steps: int = 5, flow: FlowConfig = FlowConfig(),
             prompt_rng.manual_seed(prompt_seed)
         return prompter.sample_prompts(similarity, prompt_rng)
 
-    z0 = prompter.query.embedding.detach()
+    def probe(trial_delta):
+        """Whether ``trial_delta`` would move the prompts, and the d_phi of the candidate it would give."""
+        with torch.no_grad():
+            trial_similarity = prompter.similarity(z0 + trial_delta)
+        trial = sample(trial_similarity)
+        _, _, d_next, _, _ = memo(trial, trial_similarity, flow.reduction)
+        return trial.fingerprint() != prompts.fingerprint(), d_next
+
     delta = torch.zeros_like(z0)
     similarity = prompter.similarity(z0)
     prompts = sample(similarity)
     trajectory = Trajectory(config=flow)
     for t in range(steps + 1):
         # With grad_at="zt" the gradient is taken at z_t below, so the candidate needs none at z0.
-        mask, logits, d, grad, confidence = memo(prompts, similarity, flow.reduction, gradient=flow.grad_at == "z0")
+        mask, logits, d, grad, evidence = memo(prompts, similarity, flow.reduction, gradient=flow.grad_at == "z0")
         if t == steps:
-            trajectory.steps.append(Step(mask, logits, prompts, similarity.detach(), iou_prediction=confidence))
+            trajectory.steps.append(Step(mask, logits, prompts, similarity.detach(), d, evidence=evidence))
             break
         if flow.grad_at == "zt":
             _, _, d, grad, _ = _gradient(prompter, z0 + delta, prompts, similarity, flow.reduction)
-        delta, norms = flow_step(delta, grad, d, flow, generator)
-        trajectory.steps.append(Step(mask, logits.detach(), prompts, similarity.detach(), d, grad.detach(),
-                                     norms.drift, norms.noise, confidence))
+        delta, norms = flow_step(delta, grad, d, flow, generator, policy, probe)
+        trajectory.steps.append(
+            Step(mask, logits.detach(), prompts, similarity.detach(), d, grad.detach(), norms.drift, norms.noise,
+                 evidence)
+        )
         with torch.no_grad():
             similarity = prompter.similarity(z0 + delta)
         prompts = sample(similarity)

@@ -33,8 +33,12 @@ class SettingsMismatch(UserError):
 
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as error:  # a full disk, say: the old file stays whole
+        tmp.unlink(missing_ok=True)
+        raise InputError(path, f"cannot write ({error.strerror or error})") from None
 
 
 def check_writable(folder) -> None:
@@ -62,8 +66,9 @@ def read_table(path: Path, key: tuple, check_row: Callable | None = None) -> tup
     A row is damaged when it has another number of fields than the header, bytes that are not
     UTF-8 (or NUL), an empty key, or ``check_row(row)`` raises ValueError or KeyError on it.
     """
-    # Undecodable bytes become U+FFFD, so binary garbage damages only the rows it lands in.
-    text = path.read_bytes().decode("utf-8", errors="replace").replace("\0", "\ufffd")
+    # Undecodable bytes become U+FFFD, so binary garbage damages only the rows it lands in;
+    # utf-8-sig drops the byte-order mark spreadsheets put first.
+    text = path.read_bytes().decode("utf-8-sig", errors="replace").replace("\0", "\ufffd")
     if not text.strip():
         return [], ",", []
     delimiter = _delimiter(path, text.splitlines()[0], key)
@@ -78,6 +83,8 @@ def read_table(path: Path, key: tuple, check_row: Callable | None = None) -> tup
             break
         except csv.Error:
             damaged.append(line)
+            if reader.line_num < line:  # nothing consumed: stop rather than fail on the same line forever
+                break
             continue
         if not fields:
             continue
@@ -115,6 +122,8 @@ class ResultsFile:
         self.check_row = check_row
         self.settings = json.loads(json.dumps(settings, sort_keys=True))
         self.rows: list = []
+        if self.path.is_dir():
+            raise InputError(self.path, "is a folder; name the results CSV file itself")
         check_writable(self.path.parent)
         if self.path.exists():
             self._load()

@@ -3,9 +3,11 @@ candidate and signal, larger meaning "more likely the right mask".
 
 From the decoder and the masks alone (no encoder pass):
 
-- ``iou_prediction``: SAM's IoU head on the candidate's output (the fork's "decoder confidence").
-- ``margin``: mean sigmoid of the candidate's logits inside its mask minus outside (the
-  release's beta_s term; the fork's "foreground-background separation"); 0 for an empty or
+- ``iou_prediction``: SAM's IoU head on the candidate's output (the fork's "decoder confidence"),
+  as the decode's :class:`~prmagic_core.select.SelectorEvidence` gives it (NaN without one).
+- ``margin``: select.py's margin, mean sigmoid of the logits inside the mask minus outside (the
+  release's beta_s term; the fork's "foreground-background separation"), on the evidence's
+  margin logits and mask when the decode gives them, else on the candidate's; 0 for an empty or
   full mask, as the release.
 - ``stability``: IoU with the previous candidate; 1 for candidate 0, as the fork.
 - ``vote``: IoU with the pixel-majority mask of all candidates: the candidates vote on every
@@ -27,8 +29,8 @@ From the episode's own encodings, the query's z0 and the support's (no extra pas
 - ``purity``: the share of the candidate's cells (weighted by coverage) in that region: a mask
   merged with a distractor or the background adds cells of the other side.
 
-Re-encoding (the release's and the paper's representations, select.py): ``masked-image`` and
-``crop-pool``. :func:`extra_passes` counts what they cost on a fresh encoder.
+Re-encoding (the release's and the paper's representations, select.py, on the evidence's masks
+as the selector encodes them): ``masked-image`` and ``crop-pool``. :func:`extra_passes` counts what they cost on a fresh encoder.
 """
 from __future__ import annotations
 
@@ -37,8 +39,8 @@ import torch
 import torch.nn.functional as F
 
 from .masks import box_of, iou
-from .models.encoding import Encoded, Encoder, to_grid, to_image_frame
-from .select import _pool, select
+from .models.encoding import Encoded, Encoder, to_grid
+from .select import _pool, margin, select
 
 REENCODING = ("masked-image", "crop-pool")
 RELEASE = REENCODING + ("pooled",)  # select.py's cosines
@@ -47,12 +49,13 @@ DECODER = ("iou_prediction", "margin", "stability", "vote")
 SIGNALS = RELEASE + FEATURE + DECODER
 
 
-def margin(logits: torch.Tensor, mask: np.ndarray, query: Encoded) -> float:
-    """Mean sigmoid of ``logits`` (low-res) inside ``mask`` minus outside, in the image frame."""
-    if not mask.any() or mask.all():
-        return 0.0
-    probability = torch.sigmoid(to_image_frame(logits.detach(), query)).cpu().numpy()
-    return float(probability[mask].mean() - probability[~mask].mean())
+def _margin(step, query: Encoded) -> float:
+    """The release's margin of a refine step: on the evidence's logits and mask when the decode
+    gave them, else on the candidate's own logits and mask."""
+    evidence = step.evidence
+    logits = step.logits if evidence is None or evidence.margin_logits is None else evidence.margin_logits
+    mask = step.mask if evidence is None or evidence.mask is None else evidence.mask
+    return margin(logits, mask, query)
 
 
 def stability(candidates) -> np.ndarray:
@@ -117,15 +120,17 @@ def candidate_signals(names, trajectory, encoder: Encoder, query: Encoded, suppo
     features = None
     for name in names:
         if name in RELEASE:
-            out[name] = np.array(select(name, candidates, encoder, query, support_images, support_masks).scores)
+            out[name] = np.array(select(name, candidates, encoder, query, support_images, support_masks,
+                                        evidence=trajectory.evidence).scores)
         elif name in FEATURE:
             if features is None:
                 features = EpisodeFeatures(query, encoder.encode_many(list(support_images)), support_masks)
             out[name] = features.scores(name, candidates)
         elif name == "iou_prediction":
-            out[name] = np.array([np.nan if s.iou_prediction is None else s.iou_prediction for s in trajectory.steps])
+            out[name] = np.array([np.nan if s.evidence is None or s.evidence.iou_prediction is None
+                                  else s.evidence.iou_prediction for s in trajectory.steps])
         elif name == "margin":
-            out[name] = np.array([margin(s.logits, s.mask, query) for s in trajectory.steps])
+            out[name] = np.array([_margin(s, query) for s in trajectory.steps])
         elif name == "stability":
             out[name] = stability(candidates)
         else:

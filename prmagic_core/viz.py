@@ -6,6 +6,7 @@ here runs a model. :func:`save` writes a figure as PNG and PDF into the figures 
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -52,14 +53,24 @@ class FigureSet:
         name = f"{self.prefix}_{what}"
         self.paths += save(fig, name, self.out_dir)
         self.names.append(name)
-        try:  # IPython comes with the notebooks extra; without it there is nothing to show in
-            from IPython import get_ipython
-            from IPython.display import display
-        except ImportError:
-            get_ipython = None
-        if get_ipython is not None and get_ipython() is not None:
-            display(fig)
-        plt.close(fig)
+        show(fig)
+
+
+def show(fig, dpi: int = 72) -> None:
+    """Show ``fig`` once in a notebook, and close it. The picture is made here because under the agg
+    backend (papermill runs) a displayed Figure is only its text repr, and executed notebooks should
+    keep their pictures: a JPEG, as textured ShapeWorld scenes make PNGs of 100-700 kB (the files
+    saved by :func:`save` stay PNG and PDF)."""
+    try:  # IPython comes with the notebooks extra; without it there is nothing to show in
+        from IPython import get_ipython
+        from IPython.display import Image, display
+    except ImportError:
+        get_ipython = None
+    if get_ipython is not None and get_ipython() is not None:
+        picture = io.BytesIO()
+        fig.savefig(picture, format="jpeg", dpi=dpi, pil_kwargs={"quality": 85})
+        display(Image(picture.getvalue(), format="jpeg"))
+    plt.close(fig)
 
 
 # ---------------------------------------------------------------- images, masks, prompts
@@ -176,15 +187,16 @@ def step_explorer(trace, selector: str):
     """An ipywidgets slider over the steps of a cached trace (display only; saves nothing)."""
     import ipywidgets
 
-    def show(step):
+    def show_step(step):
+        print(f"step {step} of {trace.steps}: IoU {trace.ious[step]:.3f}, {selector} score {trace.scores[selector][step]:.4f}")
         fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.2))
         axes[0].imshow(trace.similarities[step], cmap="magma")
         draw_prompts(axes[0], trace.prompts[step])
-        overlay(axes[1], trace.query_image, trace.masks[step], truth=trace.query_mask,
-                title=f"IoU {trace.ious[step]:.3f}, {selector} {trace.scores[selector][step]:.4f}")
-        plt.show()
+        axes[0].set_title(f"S_{step} and P_{step}", fontsize=9)
+        overlay(axes[1], trace.query_image, trace.masks[step], truth=trace.query_mask, title=f"m_{step}")
+        show(fig)
 
-    return ipywidgets.interact(show, step=ipywidgets.IntSlider(min=0, max=trace.steps, value=0))
+    return ipywidgets.interact(show_step, step=ipywidgets.IntSlider(min=0, max=trace.steps, value=0))
 
 
 # ---------------------------------------------------------------- theory
@@ -447,6 +459,37 @@ def closure_figure(frame: pd.DataFrame, closure_goal: float = 0.5, non_degradati
     return fig
 
 
+def intervals_vs_norm_figure(frame: pd.DataFrame, panel: str = "contrast", hue: str = "arm", row: str = "baseline",
+                             marks: dict | None = None, labels: dict | None = None):
+    """Means with 95% interval bands against the step's L2 norm (log scale): one column per ``panel``
+    value, one row per ``row`` value, one line per ``hue``; ``marks`` ({label: norm}) draws dotted verticals."""
+    labels = labels or {}
+    panels, rows = list(dict.fromkeys(frame[panel])), list(dict.fromkeys(frame[row]))
+    hues = list(dict.fromkeys(frame[hue]))
+    palette = dict(zip(hues, sns.color_palette("colorblind", len(hues))))
+    fig, axes = plt.subplots(len(rows), len(panels), figsize=(3.8 * len(panels), 2.9 * len(rows)), squeeze=False,
+                             sharex=True)
+    for i, r in enumerate(rows):
+        for j, p in enumerate(panels):
+            ax = axes[i, j]
+            part = frame[(frame[row] == r) & (frame[panel] == p)]
+            for h in hues:
+                line = part[part[hue] == h].sort_values("norm")
+                ax.plot(line.norm, line["mean"], marker="o", color=palette[h], label=h)
+                ax.fill_between(line.norm, line.low, line.high, color=palette[h], alpha=0.15)
+            ax.axhline(0.0, color="black", linewidth=0.6)
+            for name, norm in (marks or {}).items():
+                ax.axvline(norm, color="grey", linestyle=":", linewidth=0.8)
+                ax.annotate(name, (norm, 1.0), xycoords=("data", "axes fraction"), fontsize=7, rotation=90,
+                            va="top", ha="right", color="grey")
+            ax.set_xscale("log")
+            ax.set_title(f"{r}: {labels.get(p, p)}", fontsize=9)
+            ax.set_xlabel("L2 norm of one step" if i == len(rows) - 1 else "")
+    axes[0, -1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def tau_figure(frame: pd.DataFrame):
     """Per cell: each selector's mean within-trajectory Kendall tau between its score and the candidates'
     IoU, with 95% intervals (0: the score says nothing about which candidate is better)."""
@@ -460,5 +503,29 @@ def tau_figure(frame: pd.DataFrame):
         ax.axvline(0, color="black", lw=0.8)
         ax.set_xlabel("Kendall tau, score vs IoU (within trajectory)")
         ax.set_title(cell, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def intervals_figure(frame: pd.DataFrame, label: str = "setting", panel: str = "contrast", row: str = "baseline",
+                     labels: dict | None = None):
+    """One horizontal bar (mean) with its 95% interval per ``label`` value, per ``panel`` and ``row`` value."""
+    labels = labels or {}
+    panels, rows = list(dict.fromkeys(frame[panel])), list(dict.fromkeys(frame[row]))
+    names = list(dict.fromkeys(frame[label]))
+    fig, axes = plt.subplots(len(rows), len(panels), figsize=(3.8 * len(panels), 0.35 * len(names) * len(rows) + 1.2),
+                             squeeze=False, sharey=True)
+    for i, r in enumerate(rows):
+        for j, p in enumerate(panels):
+            ax = axes[i, j]
+            part = frame[(frame[row] == r) & (frame[panel] == p)].set_index(label).reindex(names)
+            y = np.arange(len(names))
+            ax.barh(y, part["mean"], color=VARIANT_COLOURS["T"] if p.startswith("T") else VARIANT_COLOURS["O"], alpha=0.6)
+            ax.errorbar(part["mean"], y, xerr=[part["mean"] - part.low, part.high - part["mean"]], fmt="none",
+                        ecolor="black", capsize=2)
+            ax.axvline(0.0, color="black", linewidth=0.6)
+            ax.set_yticks(y, names)
+            ax.set_title(f"{r}: {labels.get(p, p)}", fontsize=9)
+    axes[0, 0].invert_yaxis()  # the axes share y: once puts the first label on top of every panel
     fig.tight_layout()
     return fig

@@ -120,8 +120,11 @@ def test_curve_shape(values, shape):
 
 
 def test_regimes():
-    frame = pd.DataFrame({"gamma": [0.1, 0.0, 0.1, 0.0], "drift": [True, True, False, False]})
-    assert an.regimes(frame).tolist() == ["both", "drift only", "noise only", "neither"]
+    frame = pd.DataFrame({"eta": [1e-3, 1e-3, 1e-3, 1e-3, 0.0], "gamma": [0.1, 0.0, 0.1, 0.0, 0.1],
+                          "drift": [True, True, False, False, True]})
+    assert an.regimes(frame).tolist() == ["both", "drift only", "noise only", "neither", "neither"]
+    assert an.regimes(frame, "fresh").tolist() == ["both + resampling", "drift only + resampling",
+                                                   "noise only + resampling", "resampling only", "resampling only"]
 
 
 def test_to_frame_reads_back_results_file_rows(tmp_path, table):
@@ -186,6 +189,49 @@ def test_headline_metric_is_class_wise_only_with_ten_episodes_per_class():
     assert an.headline_metric(picked({"a": 10, "b": 9})) == "mean_iou"
     rows = trajectory([0.5], [1.0], episode="e0") + trajectory([0.5], [1.0], episode="e1", seed=1)
     assert an.counts_note(an.to_frame(rows)) == "n = 2 episodes x 2 seeds"
+
+
+def test_moved_pairs_and_the_premise_on_a_constructed_table():
+    rows = []
+    # e0: the prompts move twice; d_phi up with IoU up, then d_phi down with IoU down
+    # e1: the prompts move once, d_phi up but IoU down; the last step keeps the prompts (no pair)
+    for episode, prompts, d, ious in (("e0", ["p", "q", "r"], [1.0, 3.0, 2.0], [0.2, 0.5, 0.4]),
+                                      ("e1", ["p", "s", "s"], [5.0, 6.0, 9.0], [0.7, 0.6, 0.9])):
+        for row, p, value in zip(trajectory(ious, [0.0] * 3, episode=episode), prompts, d):
+            rows.append({**row, "prompts": p, "d_phi": value})
+    pairs = an.moved_pairs(an.to_frame(rows))
+    assert pairs[["episode", "step"]].values.tolist() == [["e0", 0], ["e0", 1], ["e1", 0]]
+    assert pairs.d_change.tolist() == [2.0, -1.0, 1.0]
+    assert pairs.iou_change.round(6).tolist() == [30.0, -10.0, -10.0]
+    numbers = an.premise(pairs)
+    assert numbers["pairs"] == 3 and numbers["d_up_pairs"] == 2 and numbers["d_down_pairs"] == 1
+    assert numbers["d_up_iou_up_share"] == 0.5 and numbers["d_down_iou_up_share"] == 0.0
+    assert math.isclose(numbers["d_up_iou_change"]["mean"], 10.0)
+    assert math.isclose(numbers["spearman"], pd.Series([3, 1, 2]).corr(pd.Series([3, 1.5, 1.5])))
+
+
+def test_table_contrast_pairs_episodes_and_seeds_of_two_tables():
+    a = an.to_frame(trajectory([0.2, 0.6], [0.1, 0.9], episode="e0") + trajectory([0.5, 0.5], [0.9, 0.1], episode="e1"))
+    b = an.to_frame(trajectory([0.2, 0.3], [0.9, 0.1], episode="e0", eta=0.5) + trajectory([0.5, 0.4], [0.9, 0.1], episode="e1", eta=0.5))
+    frame = an.table_contrast(a, b, "masked-image").set_index("variant")
+    # T: e0 picks 0.6 vs 0.2, e1 0.5 vs 0.5 -> +20 on average; O: 0.6 - 0.3 and 0.5 - 0.5 -> +15
+    assert math.isclose(frame.loc["T", "mean"], 20.0) and math.isclose(frame.loc["O", "mean"], 15.0)
+    assert frame.loc["O", "episodes"] == 2 and frame.loc["O", "low"] <= 15.0 <= frame.loc["O", "high"]
+
+
+def test_step_norm_grid_spans_the_papers_drift_to_past_the_noise():
+    grid = an.step_norm_grid(1e-3, 0.1, 0.1, 64 * 32 * 32, between=1, past=(4.0,))
+    assert list(grid) == ["paper drift", "12x drift", "noise", "4x noise"]
+    assert math.isclose(grid["paper drift"], 1e-4 * 256) and math.isclose(grid["noise"], math.sqrt(2e-4) * 256)
+    assert math.isclose(grid["12x drift"] ** 2, grid["paper drift"] * grid["noise"])  # the geometric middle
+    assert math.isclose(grid["4x noise"], 4 * grid["noise"])
+
+
+def test_interval_summary_clusters_by_episode():
+    frame = pd.DataFrame({"status": "ok", "arm": ["g"] * 4, "episode": ["e0", "e0", "e1", "e1"], "x": [1.0, 3.0, 5.0, 7.0]})
+    row = an.interval_summary(frame, ["arm"], ["x"]).iloc[0]
+    assert row.measure == "x" and row["mean"] == 4.0 and row.n == 4 and row.episodes == 2
+    assert row.low == 2.0 and row.high == 6.0  # two clusters: resamples average (e0, e0), (e0, e1) or (e1, e1)
 
 
 def test_analysis_needs_nothing_from_the_sweep():

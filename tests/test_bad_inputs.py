@@ -265,6 +265,8 @@ REFUSED = {
     "steps-negative": argument_case("--steps", "-1"),
     "episode-seed-negative": argument_case("--episode-seed", "-1"),
     "shots-0": argument_case("--shots", "0"),
+    "device-unknown": argument_case("--device", "tpu"),
+    "device-cuda-absent": argument_case("--device", "cuda:7"),
     # checkpoints
     "zero-byte-checkpoint": checkpoint_case(lambda path: path.write_bytes(b"")),
     "text-checkpoint": checkpoint_case(lambda path: path.write_text("weights\n")),
@@ -282,6 +284,8 @@ REFUSED = {
     "settings-json-a-list": results_case(settings_file(b"[1, 2]")),
     "results-csv-binary-garbage": garbage_table,
     "out-under-a-file": out_under_a_file,
+    "out-is-a-folder": lambda tmp_path: ([*EVALUATE, "--data", episode_root(tmp_path), "--out", tmp_path], tmp_path),
+    "results-without-settings": results_case(lambda out: out.with_name(out.name + ".settings.json")),
     # benchmark trees
     "coco-pickle-runs-code": benchmark_pickle("splits/val/fold0.pkl", "coco"),
     "lvis-pickle-runs-code": benchmark_pickle("lvis_val.pkl", "lvis"),
@@ -407,18 +411,19 @@ def completed_run(tmp_path, episodes=3) -> tuple:
         return root, out, list(csv.DictReader(f))
 
 
-def semicolons(text: bytes) -> bytes:
+def as_a_spreadsheet_saves_it(text: bytes) -> bytes:
+    """The table with a byte-order mark, ``;`` between fields and CRLF line ends."""
     rows = list(csv.reader(io.StringIO(text.decode(), newline="")))
     buffer = io.StringIO()
-    csv.writer(buffer, delimiter=";").writerows(rows)
-    return buffer.getvalue().encode()
+    csv.writer(buffer, delimiter=";", lineterminator="\r\n").writerows(rows)
+    return buffer.getvalue().encode("utf-8-sig")
 
 
 DAMAGE = {
     "truncated-last-row": (lambda text: text[: text.rindex(b"\n", 0, len(text) - 1) + 30], 1),
     "garbage-in-a-row": (lambda text: text.replace(b"{", b"\xff\x00", 1), 1),
     "garbage-appended": (lambda text: text + bytes(range(256)), 0),
-    "semicolon-delimiter": (semicolons, 0),
+    "saved-by-a-spreadsheet": (as_a_spreadsheet_saves_it, 0),
 }
 
 
@@ -493,6 +498,12 @@ def test_image_modes_give_the_right_rgb(tmp_path, name, contents, expected, tole
     image = load_episode(folder).query_image
     assert image.dtype == np.uint8 and image.shape == (6, 8, 3)
     assert np.abs(image.astype(int) - expected).max() <= tolerance
+
+
+def test_a_class_name_saved_with_a_byte_order_mark_reads_without_it(tmp_path):
+    folder = save_episode(shapeworld.episodes(1, seed=0, size=64)[0], tmp_path / "ep")
+    (folder / "class.txt").write_bytes("\ufeffcafé\n".encode("utf-8"))
+    assert load_episode(folder).class_name == "café"
 
 
 def test_a_16_bit_grey_mask_is_read_at_half_range(tmp_path):

@@ -45,16 +45,16 @@ def test_sweep_resumes_without_recomputing_and_gives_the_same_table(tmp_path, mo
     trajectories = 2 * 2  # etas x episodes
     counter = Counting(ex.refine)
     monkeypatch.setattr(ex, "refine", counter)
-    whole = ex.Lab(ex.Setup(), tmp_path / "whole").sweep(sweep, progress=False)
+    whole = ex.Lab(ex.Setup(), tmp_path / "whole", workers=1).sweep(sweep, progress=False)
     assert counter.calls == trajectories and len(whole) == trajectories * (sweep.steps + 1)
 
     interrupted = Counting(counter.refine, stop_at=2)  # inside episode 0, after its first trajectory
     monkeypatch.setattr(ex, "refine", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        ex.Lab(ex.Setup(), tmp_path / "resumed", flush_every=1).sweep(sweep, progress=False)
+        ex.Lab(ex.Setup(), tmp_path / "resumed", flush_every=1, workers=1).sweep(sweep, progress=False)
     resumed_counter = Counting(counter.refine)
     monkeypatch.setattr(ex, "refine", resumed_counter)
-    lab = ex.Lab(ex.Setup(), tmp_path / "resumed")
+    lab = ex.Lab(ex.Setup(), tmp_path / "resumed", workers=1)
     resumed = lab.sweep(sweep, progress=False)
     assert resumed_counter.calls == trajectories - 1  # the one finished before the interruption is not redone
     pd.testing.assert_frame_equal(resumed, whole)
@@ -162,3 +162,50 @@ def test_figures_render_from_a_trace_and_a_table(tmp_path):
             assert (tmp_path / "figures" / f"{name}.{ext}").stat().st_size > 1000
     with pytest.raises(ValueError, match="plain file stem"):
         viz.save(None, "../x", tmp_path)
+
+
+def test_sweeps_share_each_episodes_prompter_and_equal_the_sweeps_alone(tmp_path, monkeypatch):
+    small = dict(baselines=("persam",), etas=(1e-3,), gammas=(0.0,), seeds=(0,), episodes=2, steps=1,
+                 selectors=("pooled",))
+    grid = [ex.Sweep(**small, direction=d, step_size=3.6) for d in ("gradient", "random")]
+    grid.append(ex.Sweep(**{**small, "etas": (0.0,)}, resampling="fresh"))
+    alone = [ex.Lab(ex.Setup(), tmp_path / "alone").sweep(s, progress=False) for s in grid]
+    lab = ex.Lab(ex.Setup(), tmp_path / "together", workers=1)  # prepare is counted in this process
+    prepared = Counting(lab.prepare)
+    monkeypatch.setattr(lab, "prepare", prepared)
+    together = lab.sweeps(grid, progress=False)
+    assert prepared.calls == 2  # once per episode, not once per sweep
+    for a, b in zip(alone, together):
+        pd.testing.assert_frame_equal(a, b)
+    moved = together[0].dropna(subset=["drift_norm"])
+    assert np.allclose(moved.drift_norm, 3.6, rtol=1e-5) and (moved.noise_norm == 0).all()
+    assert len({ex.Lab(ex.Setup(), tmp_path).table_path(s) for s in grid}) == 3
+
+
+def test_pushes_are_cached_and_along_sets_one_direction_cell(tmp_path, monkeypatch):
+    lab = ex.Lab(ex.Setup(), tmp_path)
+    first = lab.pushes("persam", 1, norms=[0.0, 5.0], seeds=(0,), arms=("gradient", "random"), progress=False)
+    assert len(first) == 4 and set(first.arm) == {"gradient", "random"} and (first.status == "ok").all()
+    again = ex.Lab(ex.Setup(), tmp_path)
+    monkeypatch.setattr(again, "prepare", Counting(again.prepare))
+    pd.testing.assert_frame_equal(again.pushes("persam", 1, norms=[0.0, 5.0], seeds=(0,), arms=("gradient", "random"),
+                                               progress=False), first)
+    assert again.prepare.calls == 0
+    cell = ex.Sweep().along("foreground", 3.6)
+    assert cell.flow(1e-3, *cell.gammas, True) == FlowConfig(gamma=0.0, reduction="foreground", step_size=3.6)
+
+
+def test_interval_figures_draw_one_line_or_bar_per_setting(tmp_path):
+    frame = pd.DataFrame([{"baseline": b, "contrast": c, "arm": a, "norm": n, "setting": f"{a} {n}",
+                           "mean": 1.0, "low": 0.5, "high": 1.5}
+                          for b in ("persam_f", "matcher") for c in ("T - B", "O - B") for a in ("gradient", "random")
+                          for n in (0.03, 3.6)])
+    fig = viz.intervals_vs_norm_figure(frame, marks={"noise": 3.6})
+    assert fig.axes[0].get_xscale() == "log" and len(fig.axes) == 4
+    assert [len(ax.lines) for ax in fig.axes] == [2 + 2] * 4  # one per arm, the zero line and the mark
+    bars = viz.intervals_figure(frame)
+    assert len(bars.axes) == 4 and len(bars.axes[0].patches) == 4
+    assert [t.get_text() for t in bars.axes[0].get_yticklabels()] == ["gradient 0.03", "gradient 3.6", "random 0.03", "random 3.6"]
+    assert bars.axes[0].yaxis_inverted()  # the first setting on top
+    viz.save(bars, "bars", tmp_path)
+    assert (tmp_path / "bars.png").is_file() and (tmp_path / "bars.pdf").is_file()

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from prmagic_core.baselines import make_baseline
-from prmagic_core.baselines.matcher import PRESETS, Matcher, MatcherPrompts
+from prmagic_core.baselines.matcher import LAUNCHER_PRESETS, PRESETS, Matcher, MatcherPrompts
 from prmagic_core.baselines.matcher.grid import StretchedFrame, TokenGrid
 from prmagic_core.baselines.matcher.matching import KEEP_ALL_UP_TO, bidirectional_match
 from prmagic_core.baselines.matcher.sampling import prompt_subsets
@@ -194,8 +194,9 @@ def two_episodes():
 def tiny_prompters(random_tiny, two_episodes):
     episode = two_episodes[0]
     encoder = Encoder(random_tiny)
-    return {variant: Matcher("fss", variant).prepare(encoder, episode.support_images, episode.support_masks,
-                                                     episode.query_image)
+    # principled: the raw step injection and the best candidate's low-res logits these tests read
+    return {variant: Matcher("fss", variant, settings="principled").prepare(
+                encoder, episode.support_images, episode.support_masks, episode.query_image)
             for variant in ("released", "transport")}
 
 
@@ -207,9 +208,8 @@ def test_prompts_come_from_the_matching_behind_the_similarity_map(tiny_prompters
     assert isinstance(prompts, MatcherPrompts)
     assert len(prompts.coords) == min(8, len(prompts.evidence.points))  # the fss preset's k-means centres
     assert all(len(s) <= 6 for s in prompts.subsets) and len(prompts.subsets) <= 3 * 8  # SAM-Tiny's cap
-    mask, logits, confidence = prompter.decode(prompter.z0, prompts, similarity)
+    mask, logits, _ = prompter.decode(prompter.z0, prompts, similarity)
     assert mask.shape == similarity.shape and mask.dtype == bool and logits.shape == (128, 128)
-    assert isinstance(confidence, float) and np.isfinite(confidence)
     with pytest.raises(ValueError, match="not made by this prompter"):
         prompter.sample_prompts(similarity.clone(), torch.Generator())
     assert set(prompter.timings) == {"features", "matching", "decoding", "scoring"}
@@ -221,12 +221,11 @@ def test_logits_are_differentiable_when_the_embedding_requires_grad(tiny_prompte
     similarity = prompter.similarity(prompter.z0)
     prompts = prompter.sample_prompts(similarity, torch.Generator().manual_seed(0))
     z = prompter.z0.clone().requires_grad_(True)
-    mask, logits, confidence = prompter.decode(z, prompts, similarity)
+    mask, logits, _ = prompter.decode(z, prompts, similarity)
     (grad,) = torch.autograd.grad(logits.sum(), z)
     assert grad.shape == z.shape and torch.count_nonzero(grad) > 0
-    plain_mask, plain_logits, plain_confidence = prompter.decode(prompter.z0, prompts, similarity)
+    plain_mask, plain_logits, _ = prompter.decode(prompter.z0, prompts, similarity)
     np.testing.assert_array_equal(mask, plain_mask)
-    assert confidence == plain_confidence
     torch.testing.assert_close(logits.detach(), plain_logits)
 
 
@@ -264,14 +263,17 @@ def test_presets_are_distinct_named_frozen_objects():
 
 
 def test_make_baseline_picks_the_task_preset_and_checks_names():
-    assert make_baseline("matcher", "object").preset is PRESETS["fss"]
-    assert make_baseline("matcher", "part").preset is PRESETS["part"]
-    chosen = make_baseline("matcher", "object", variant="transport", preset="coco")
+    assert make_baseline("matcher", "object", settings="principled").preset is PRESETS["fss"]
+    assert make_baseline("matcher", "part", settings="principled").preset is PRESETS["part"]
+    assert make_baseline("matcher", "object", settings="principled", benchmark="dis5k").preset is PRESETS["part"]
+    assert make_baseline("matcher", "object").preset is LAUNCHER_PRESETS["launcher-fss"]
+    assert make_baseline("matcher", "object", benchmark="dis5k").preset is LAUNCHER_PRESETS["launcher-dis"]
+    chosen = make_baseline("matcher", "object", variant="transport", matcher_preset="coco")
     assert chosen.preset is PRESETS["coco"] and chosen.variant == "transport"
     with pytest.raises(ValueError, match="variant"):
         make_baseline("matcher", variant="padded")
     with pytest.raises(ValueError, match="preset"):
-        make_baseline("matcher", preset="pascal")
+        make_baseline("matcher", matcher_preset="pascal")
 
 
 def test_official_sam_without_dinov2_is_an_error():

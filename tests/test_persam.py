@@ -3,14 +3,13 @@ import pytest
 import torch
 
 from prmagic_core.baselines.persam import (
-    BAND_QUANTILES,
     PerSAM,
     PerSAMF,
     attention_bias,
-    band_pixels,
     band_prompts,
     target_guidance,
 )
+from prmagic_core.baselines.base import EmptySupportWarning
 from prmagic_core.data.shapeworld import episodes
 from prmagic_core.models import decoding
 from prmagic_core.models.encoding import Encoder
@@ -60,25 +59,23 @@ def test_top1_point_lands_in_the_cell_that_matches_the_prototype(persam, episode
     assert (int(y) // cell, int(x) // cell) == (row, col)
 
 
-def test_released_point_order_swaps_only_the_extra_points():
-    s = torch.rand(300, 400, generator=torch.Generator().manual_seed(3))  # large enough for both bands
-    right = band_prompts(s, 5, torch.Generator().manual_seed(0))
-    released = band_prompts(s, 5, torch.Generator().manual_seed(0), released_point_order=True)
-    assert len(right.coords) == 5
-    np.testing.assert_array_equal(released.coords[0], right.coords[0])
-    np.testing.assert_array_equal(released.coords[1:], right.coords[1:, ::-1])
-
-
-def test_band_points_lie_in_their_bands():
+def test_band_points_lie_in_their_nested_bands_and_never_repeat():
     s = torch.rand(300, 400, generator=torch.Generator().manual_seed(4))
-    upper, lower = BAND_QUANTILES
+    upper, lower = 0.9999, 0.999  # 12 and 120 pixels: both bands have enough to draw from
     q_upper, q_lower = torch.quantile(s.flatten(), upper), torch.quantile(s.flatten(), lower)
-    prompts = band_prompts(s, 5, torch.Generator().manual_seed(0))
+    prompts = band_prompts(s, 5, torch.Generator().manual_seed(0), quantiles=(upper, lower))
+    assert len(prompts.coords) == 5
     values = s[prompts.coords[:, 1].astype(int), prompts.coords[:, 0].astype(int)]
     assert values[0] == s.max()
-    assert (values[1:3] >= q_upper).all()
-    assert ((values[3:] >= q_lower) & (values[3:] < q_upper)).all()
-    assert len(band_pixels(s, lower, upper)) > 2  # band 2 really was sampled, not exhausted
+    assert (values[1:3] >= q_upper).all() and (values[3:] >= q_lower).all()
+    assert len({tuple(c) for c in prompts.coords}) == 5  # the top-1 pixel and band-1 picks never come back
+
+
+def test_a_band_of_the_top1_pixel_alone_gives_no_extra_point():
+    s = torch.rand(20, 30, generator=torch.Generator().manual_seed(5))
+    s[5, 7] = 2.0  # on 600 pixels both quantiles lie above the second largest value: the argmax alone
+    prompts = band_prompts(s, 5, torch.Generator().manual_seed(0), quantiles=(0.99995, 0.9999))
+    np.testing.assert_array_equal(prompts.coords, [[7, 5]])
 
 
 def test_persam_f_prompts_are_seeded_by_the_generator(persam_f):
@@ -127,14 +124,23 @@ def test_decode_is_differentiable_wrt_the_embedding(prompter_name, request, epis
     s = prompter.similarity(prompter.query.embedding)
     prompts = prompter.sample_prompts(s, torch.Generator().manual_seed(0))
     z = prompter.query.embedding.clone().requires_grad_(True)
-    mask, logits, confidence = prompter.decode(z, prompts, s)
+    mask, logits, evidence = prompter.decode(z, prompts, s)
     assert mask.shape == episode.query_image.shape[:2] and mask.dtype == bool
-    assert isinstance(confidence, float) and np.isfinite(confidence)
     logits.sum().backward()
     assert z.grad is not None and z.grad.abs().sum() > 0
+    assert evidence.mask.shape == mask.shape and 0 <= evidence.iou_prediction
 
 
-def test_empty_support_mask_is_refused_by_name(encoder, episode):
+def test_empty_support_mask_is_refused_by_name_under_principled(encoder, episode):
     masks = (np.zeros_like(episode.support_masks[0]),)
     with pytest.raises(ValueError, match="support mask 0 is empty"):
-        PerSAM().prepare(encoder, episode.support_images, masks, episode.query_image)
+        PerSAM(settings="principled").prepare(encoder, episode.support_images, masks, episode.query_image)
+
+
+def test_empty_support_mask_falls_back_to_all_features_under_release(encoder, episode):
+    masks = (np.zeros_like(episode.support_masks[0]),)
+    with pytest.warns(EmptySupportWarning, match="support mask 0 is empty.*all its features"):
+        prompter = PerSAMF(train_iters=2).prepare(encoder, episode.support_images, masks, episode.query_image)
+    features = encoder.encode(episode.support_images[0]).embedding[0].flatten(1).T
+    expected = (features.max(0).values + features.mean(0)) / 2
+    torch.testing.assert_close(prompter.target.embedding, expected)

@@ -61,17 +61,16 @@ def test_trajectory_shape_and_records(prompter):
         if t < 3:
             assert step.gradient.shape == prompter.query.embedding.shape
             assert step.drift_norm > 0 and step.noise_norm > 0 and np.isfinite(step.d_phi)
-        else:
-            assert step.gradient is None and step.d_phi is None
+        else:  # the last candidate: no step after it, but its own d_phi (on z0)
+            assert step.gradient is None and step.drift_norm is None and np.isfinite(step.d_phi)
 
 
 def test_candidate_zero_is_the_baselines_own_mask(prompter):
     traj = refine(prompter, steps=2, flow=FlowConfig(eta=1e-2), generator=torch.Generator().manual_seed(4))
     z0 = prompter.query.embedding
     similarity = prompter.similarity(z0)
-    mask, _, confidence = prompter.decode(z0, traj.steps[0].prompts, similarity)
+    mask, *_ = prompter.decode(z0, traj.steps[0].prompts, similarity)
     np.testing.assert_array_equal(traj.steps[0].mask, mask)
-    assert traj.steps[0].iou_prediction == confidence
     assert torch.equal(similarity, traj.steps[0].similarity)
 
 
@@ -80,6 +79,37 @@ def test_no_flow_gives_identical_candidates(prompter):
     for step in traj.steps[1:]:
         np.testing.assert_array_equal(step.mask, traj.steps[0].mask)
         np.testing.assert_array_equal(step.prompts.coords, traj.steps[0].prompts.coords)
+
+
+def test_resampling_only_moves_nothing_but_the_draw(prompter):
+    # eta = gamma = 0: the embedding never moves, so every similarity map is z0's; with fixed
+    # resampling the candidates are identical, with fresh ones only the prompt draws change
+    for resampling in ("fixed", "fresh"):
+        traj = refine(prompter, steps=3, flow=FlowConfig(eta=0.0, gamma=0.0), resampling=resampling)
+        for step in traj.steps[1:]:
+            assert torch.equal(step.similarity, traj.steps[0].similarity) and step.drift_norm in (0.0, None)
+            if resampling == "fixed":
+                np.testing.assert_array_equal(step.mask, traj.steps[0].mask)
+
+
+def test_relative_step_moves_each_step_by_a_fraction_of_the_embeddings_norm(prompter):
+    traj = refine(prompter, steps=2, flow=FlowConfig(gamma=0.0, step="relative", step_size=0.02, direction="random"))
+    norm = float(prompter.query.embedding.norm())
+    assert [s.drift_norm for s in traj.steps[:-1]] == pytest.approx([0.02 * norm] * 2, rel=1e-5)
+
+
+@pytest.mark.parametrize("step, size", [("backtrack", 0.1), ("grow", 10.0)])
+def test_looking_ahead_steps_only_take_moves_that_raise_d_phi(prompter, step, size):
+    rec = Recording(prompter)
+    traj = refine(rec, steps=4, flow=FlowConfig(gamma=0.0, step=step, step_size=size))
+    pairs = list(zip(traj.steps[:-1], traj.steps[1:]))
+    moved = [now.prompts.fingerprint() != after.prompts.fingerprint() for now, after in pairs]
+    assert all(now.drift_norm > 0 and after.d_phi > now.d_phi for (now, after), m in zip(pairs, moved) if m)
+    if step == "backtrack":  # a step it does not accept is not taken
+        assert all(now.drift_norm == 0 for (now, _), m in zip(pairs, moved) if not m)
+    assert len(rec.similarity_inputs) > 4 + 1  # trial steps were looked at (the rules: tests/test_flow.py)
+    with pytest.raises(ValueError, match="resampling='fixed'"):
+        refine(prompter, steps=1, flow=FlowConfig(gamma=0.0, step=step, step_size=size), resampling="fresh")
 
 
 @pytest.mark.parametrize("grad_at", ["z0", "zt"])

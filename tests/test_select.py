@@ -219,7 +219,7 @@ def test_choose_on_a_live_trajectory_counts_the_passes_it_spends(random_tiny, ep
     encoder = Encoder(random_tiny)
     prompter = PerSAM().prepare(encoder, episode.support_images, episode.support_masks, episode.query_image)
     trajectory = refine(prompter, steps=3, flow=FlowConfig(eta=0.5, gamma=0.5))
-    assert all(s.iou_prediction is not None for s in trajectory.steps)
+    assert all(s.evidence.iou_prediction is not None for s in trajectory.steps)
     for name in FAMILY:
         before = encoder.passes
         chosen = choose(name, trajectory, encoder, prompter.query, episode.support_images, episode.support_masks,

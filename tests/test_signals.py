@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from prmagic_core.models.encoding import Encoded
-from prmagic_core.signals import EpisodeFeatures, distinct_reencoded, extra_passes, margin, stability, vote
+from prmagic_core.refine import Step, Trajectory
+from prmagic_core.select import SelectorEvidence, margin
+from prmagic_core.signals import EpisodeFeatures, candidate_signals, distinct_reencoded, extra_passes, stability, vote
 
 
 def _halves(size=16):
@@ -62,3 +64,19 @@ def test_margin_is_the_mean_probability_inside_minus_outside():
     assert margin(logits, left, encoded) == pytest.approx(1.0, abs=1e-4)
     assert margin(logits, ~left, encoded) == pytest.approx(-1.0, abs=1e-4)
     assert margin(logits, np.zeros_like(left), encoded) == 0.0
+
+
+def test_decoder_signals_read_the_decodes_evidence():
+    encoded, (left, right) = _two_region_episode()
+    logits = torch.full((16, 16), -20.0)
+    logits[:, :8] = 20.0
+    # no evidence: NaN confidence, the margin on the candidate's own logits and mask
+    plain = Step(left, logits, None, None)
+    # evidence: its IoU prediction, and the margin on its logits and the mask it hands over
+    swapped = Step(left, logits, None, None, evidence=SelectorEvidence(right, 0.7, logits))
+    # evidence without margin logits: the candidate's logits on the evidence's mask
+    confidence_only = Step(right, logits, None, None, evidence=SelectorEvidence(None, 0.4))
+    trajectory = Trajectory([plain, swapped, confidence_only])
+    signals = candidate_signals(["iou_prediction", "margin"], trajectory, None, encoded, [], [])
+    np.testing.assert_allclose(signals["iou_prediction"], [np.nan, 0.7, 0.4])
+    np.testing.assert_allclose(signals["margin"], [1.0, -1.0, -1.0], atol=1e-4)

@@ -1,6 +1,7 @@
 """Baselines PR-MaGIC wraps, each behind the interface of :mod:`.base`."""
 from .base import Baseline, Prompter
-from .matcher import KIND_PRESETS, Matcher
+from ..presets import Preset, get_preset
+from .matcher import Matcher, settings_preset
 from .persam import PerSAM, PerSAMF
 
 BASELINES = ("persam", "persam_f", "matcher")
@@ -8,16 +9,29 @@ BASELINES = ("persam", "persam_f", "matcher")
 PERSAM_F_POINTS = {"object": 5, "part": 3}
 
 
+def task_kind(kind: str, benchmark: str | None, settings: Preset) -> str:
+    """The kind whose settings a task runs with: a benchmark the preset treats as part-like (the
+    release runs DIS5K so) takes the part settings (eta 1e-4, 3 PerSAM-F points)."""
+    return "part" if benchmark in settings.part_like else kind
+
+
 def make_baseline(name: str, kind: str = "object", released_point_order: bool = False, train_iters: int = 1000,
-                  variant: str = "released", dinov2_checkpoint=None, preset: str | None = None) -> Baseline:
-    """A baseline by name with the paper's per-task settings (Matcher: ``preset`` overrides the task's)."""
+                  variant: str = "released", dinov2_checkpoint=None, matcher_preset: str | None = None,
+                  settings: Preset | str | None = None, benchmark: str | None = None) -> Baseline:
+    """A baseline by name with the paper's per-task settings, behaving as the preset ``settings``
+    (default ``release``) says; ``benchmark`` picks Matcher's per-benchmark settings (``matcher_preset``
+    names one outright)."""
+    settings = get_preset(settings)
+    kind = task_kind(kind, benchmark, settings)
     if name == "persam":
-        return PerSAM()
+        return PerSAM(settings=settings)
     if name == "persam_f":
-        return PerSAMF(points=PERSAM_F_POINTS[kind], train_iters=train_iters, released_point_order=released_point_order)
+        return PerSAMF(points=PERSAM_F_POINTS[kind], train_iters=train_iters, released_point_order=released_point_order,
+                       settings=settings)
     if name == "matcher":
-        return Matcher(preset or KIND_PRESETS[kind], variant=variant, dinov2_checkpoint=dinov2_checkpoint)
+        return Matcher(matcher_preset or settings_preset(settings.matcher_settings, kind, benchmark), variant=variant,
+                       dinov2_checkpoint=dinov2_checkpoint, settings=settings)
     raise ValueError(f"unknown baseline {name!r}; expected one of {', '.join(BASELINES)}")
 
 
-__all__ = ["BASELINES", "Baseline", "Matcher", "PerSAM", "PerSAMF", "Prompter", "make_baseline"]
+__all__ = ["BASELINES", "Baseline", "Matcher", "PerSAM", "PerSAMF", "Prompter", "make_baseline", "task_kind"]

@@ -8,9 +8,7 @@ A :class:`Baseline` turns one episode (support images + masks, query image) into
 - ``sample_prompts(similarity, generator)``: point prompts from that map;
 - ``decode(embedding, prompts, similarity)``: the baseline's decoder call(s) on
   ``embedding``; returns the candidate mask and the low-res logits whose reduction is
-  d_phi, and optionally a third value: SAM's IoU prediction for those logits (selectors
-  use it as the decoder's confidence; a prompter without one returns two values).
-  When ``embedding`` requires grad, the logits must be differentiable w.r.t. it.
+  d_phi. When ``embedding`` requires grad, the logits must be differentiable w.r.t. it.
 
 The loop always decodes candidates from z0; the refined embedding reaches the prompter
 only through ``similarity``.
@@ -24,6 +22,10 @@ import torch
 
 from ..models.decoding import Prompts
 from ..models.encoding import Encoded, Encoder
+
+
+class EmptySupportWarning(UserWarning):
+    """A support mask selects no cell of the feature grid, and the baseline uses its documented fallback."""
 
 
 class Prompter(ABC):
@@ -44,7 +46,8 @@ class Prompter(ABC):
 
     @abstractmethod
     def decode(self, embedding: torch.Tensor, prompts: Prompts, similarity: torch.Tensor) -> tuple:
-        """(candidate mask (H, W) bool, low-res logits (h', w')[, IoU prediction]) decoded on ``embedding``."""
+        """(candidate mask (H, W) bool, logits whose reduction is d_phi) decoded on ``embedding``,
+        optionally followed by a :class:`~prmagic_core.select.SelectorEvidence` for the selector."""
 
 
 class Baseline(ABC):

@@ -17,10 +17,16 @@ Facts taken from the releases (Personalize-SAM and PR-MaGIC's PerSAM-F script):
 - The refining calls get the previous logits as mask input detached, so the gradient of
   the last call's logits w.r.t. the embedding comes from that call's own use of it.
 - PerSAM-F's fine-tuning uses one support image: with k shots, the first.
+
+Where PR-MaGIC's release and this project's ``principled`` choices differ (support cells,
+similarity upsampling, band sampler's point order and quantiles, the fit's prompts, the
+cascade's box, which mask the selector encodes, the empty-support fallback), the baseline's
+``settings`` preset decides (:mod:`prmagic_core.presets`).
 """
 from __future__ import annotations
 
 import math
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -30,16 +36,19 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from segment_anything.modeling.transformer import Attention, TwoWayTransformer
-from torchvision.ops import sigmoid_focal_loss
+from segment_anything.utils.transforms import ResizeLongestSide
 
 from ..masks import box_of
 from ..models import decoding
 from ..models.decoding import Prompts, to_mask
 from ..models.encoding import Encoded, Encoder, to_grid, to_image_frame
-from .base import Baseline, Prompter
+from ..presets import Preset, get_preset
+from ..select import SelectorEvidence
+from .base import Baseline, EmptySupportWarning, Prompter
+from .mixing_fit import fit_mixing_weights
 
 PROTOTYPES = ("mean", "maxmean")
-# PR-MaGIC's PerSAM-F sampler: band 1 is S >= q(0.99999), band 2 is q(0.9999) <= S < q(0.99999).
+# PR-MaGIC's PerSAM-F sampler: band 1 is S >= q(0.99999), band 2 is S >= q(0.9999) (it contains band 1).
 BAND_QUANTILES = (0.99999, 0.9999)
 
 
@@ -59,16 +68,45 @@ class Target:
     direction: torch.Tensor  # (C,)
 
 
-def support_target(supports: list, support_masks, prototype: str) -> Target:
+def support_cells(mask: np.ndarray, encoded: Encoded, sam: Sam, rule: str = "coverage") -> torch.Tensor:
+    """(h, w) bool: the embedding cells a support mask selects.
+
+    ``coverage``: any part of the cell is covered. ``preprocessed`` (the releases'): the mask as
+    a 3-channel 0/255 image goes through SAM's own preprocessing (resize on the longest side,
+    pixel normalisation, zero padding to the square input), is resized bilinearly to the grid,
+    and channel 0's cells > 0 are kept (about "the cell's centre is covered").
+    """
+    if rule == "coverage":
+        return to_grid(mask, encoded) > 0
+    if rule != "preprocessed":
+        raise ValueError(f"support cell rule must be 'coverage' or 'preprocessed', got {rule!r}")
+    rgb = np.repeat(np.asarray(mask, dtype=np.uint8)[..., None] * 255, 3, axis=2)
+    resized = ResizeLongestSide(encoded.side).apply_image(rgb)
+    device = sam.pixel_mean.device
+    channels = torch.as_tensor(resized, device=device).permute(2, 0, 1)[None].float()
+    normalised = F.pad((channels - sam.pixel_mean) / sam.pixel_std,
+                       (0, encoded.side - resized.shape[1], 0, encoded.side - resized.shape[0]))
+    return F.interpolate(normalised, encoded.grid, mode="bilinear", align_corners=False)[0, 0] > 0
+
+
+def support_target(supports: list, support_masks, prototype: str, sam: Sam | None = None,
+                   cells: str = "coverage", empty_support: str = "error") -> Target:
     """Target feature from the masked support features of all shots pooled together.
 
     ``mean`` is PerSAM's prototype, ``maxmean`` ((max + mean) / 2 per channel) PerSAM-F's and PR-MaGIC's.
+    ``cells``: see :func:`support_cells`. A shot whose mask selects no cell is an error, or with
+    ``empty_support="fallback"`` contributes all its features, as the PerSAM-F release does (with
+    an :class:`EmptySupportWarning`).
     """
     features = []
     for index, (support, mask) in enumerate(zip(supports, support_masks, strict=True)):
-        inside = to_grid(mask, support) > 0
+        inside = support_cells(mask, support, sam, cells)
         if not inside.any():
-            raise ValueError(f"support mask {index} is empty (no foreground on the {support.grid} embedding grid)")
+            message = f"support mask {index} is empty (no foreground on the {support.grid} embedding grid)"
+            if empty_support != "fallback":
+                raise ValueError(message)
+            warnings.warn(f"{message}; using all its features", EmptySupportWarning, stacklevel=2)
+            inside = torch.ones_like(inside)
         features.append(support.embedding[0].permute(1, 2, 0)[inside])
     pooled = torch.cat(features)
     mean = pooled.mean(0)
@@ -76,16 +114,29 @@ def support_target(supports: list, support_masks, prototype: str) -> Target:
     return Target(embedding, F.normalize(embedding, dim=0))
 
 
-def similarity_map(target: Target, embedding: torch.Tensor, encoded: Encoded) -> torch.Tensor:
-    """S (H, W) on the original image: cosine of the target with each L2-normalised feature of ``embedding``."""
+UPSAMPLINGS = ("direct", "two-step")
+
+
+def similarity_map(target: Target, embedding: torch.Tensor, encoded: Encoded,
+                   upsampling: str = "direct") -> torch.Tensor:
+    """S (H, W) on the original image: cosine of the target with each L2-normalised feature of ``embedding``.
+
+    ``direct``: one interpolation from the grid to the image frame; ``two-step`` (the releases'):
+    x4 bilinear first (to the low-res mask size), then SAM's postprocessing to the image.
+    """
     features = F.normalize(embedding[0], dim=0)
-    return to_image_frame(torch.einsum("c,chw->hw", target.direction, features), encoded)
+    grid_map = torch.einsum("c,chw->hw", target.direction, features)
+    if upsampling == "two-step":
+        grid_map = F.interpolate(grid_map[None, None], scale_factor=4, mode="bilinear", align_corners=False)[0, 0]
+    elif upsampling != "direct":
+        raise ValueError(f"similarity upsampling must be one of {UPSAMPLINGS}, got {upsampling!r}")
+    return to_image_frame(grid_map, encoded)
 
 
-def pixels_xy(flat_indices: torch.Tensor, width: int, row_col: bool = False) -> np.ndarray:
-    """(N, 2) prompt coordinates of flat pixel indices: (x, y), or (row, col) to reproduce a release quirk."""
+def pixels_xy(flat_indices: torch.Tensor, width: int) -> np.ndarray:
+    """(N, 2) prompt coordinates (x, y) of flat pixel indices."""
     rows, cols = np.divmod(flat_indices.reshape(-1).cpu().numpy(), width)
-    return np.stack([rows, cols] if row_col else [cols, rows], axis=1).astype(np.float64)
+    return np.stack([cols, rows], axis=1).astype(np.float64)
 
 
 def top1_xy(similarity: torch.Tensor) -> np.ndarray:
@@ -102,29 +153,35 @@ def box_or_none(logits: torch.Tensor, encoded: Encoded) -> np.ndarray | None:
 
 
 def post_refine(sam: Sam, embedding: torch.Tensor, encoded: Encoded, prompts: Prompts,
-                logits: torch.Tensor, box_first: bool) -> tuple[np.ndarray, torch.Tensor, float]:
+                logits: torch.Tensor, box_first: bool, reuse_box: bool = False) -> decoding.Decoded:
     """The last two cascaded calls: each takes the points, the previous logits as mask input
-    (and the previous mask's box; the first only when ``box_first``), multimask, best by IoU head.
+    (and a box; the first call only when ``box_first``), multimask, best by IoU head.
 
-    Returns the last call's (mask in the original frame, low-res logits, IoU prediction).
+    The second call's box is the box of the first call's best mask, or with ``reuse_box`` (and
+    ``box_first``) the same box the first call got, as PR-MaGIC's PerSAM-F release does.
+    Returns the last call's outputs (all of them; ``.best()`` is the candidate's logits).
     """
-    for with_box in (box_first, True):
-        box = box_or_none(logits, encoded) if with_box else None
-        decoded = decoding.decode(sam, embedding, encoded, prompts, box=box, mask_input=logits.detach(), multimask=True)
+    box = box_or_none(logits, encoded) if box_first else None
+    for call in range(2):
+        if call == 1 and not (reuse_box and box_first):
+            box = box_or_none(logits, encoded)
+        decoded = decoding.decode(sam, embedding, encoded, prompts, box=box, mask_input=logits.detach(),
+                                  multimask=True)
         logits = decoded.best()
-    return to_mask(logits, encoded), logits, float(decoded.iou.max().detach())
+    return decoded
 
 
 class LocationPrior(Prompter):
     """What PerSAM and PerSAM-F prompters share: the SAM, the target feature, the query."""
 
-    def __init__(self, sam: Sam, target: Target, query: Encoded):
+    def __init__(self, sam: Sam, target: Target, query: Encoded, upsampling: str = "direct"):
         self.sam = sam
         self.target = target
         self.query = query
+        self.upsampling = upsampling
 
     def similarity(self, embedding: torch.Tensor) -> torch.Tensor:
-        return similarity_map(self.target, embedding, self.query)
+        return similarity_map(self.target, embedding, self.query, self.upsampling)
 
 
 def encode_episode(encoder: Encoder, support_images, query_image: np.ndarray) -> tuple[list, Encoded]:
@@ -211,123 +268,127 @@ class PerSAMPrompter(LocationPrior):
         bias = attention_bias(similarity, self.query)
         with target_guidance(self.sam.mask_decoder.transformer, bias, self.target.embedding):
             first = decoding.decode(self.sam, embedding, self.query, prompts, multimask=False).best()
-        return post_refine(self.sam, embedding, self.query, prompts, first, box_first=False)
+        last = post_refine(self.sam, embedding, self.query, prompts, first, box_first=False)
+        logits = last.best()
+        mask = to_mask(logits, self.query)
+        return mask, logits, SelectorEvidence(mask, float(last.iou.detach().max()), logits.detach())
+
+
+def prepared_target(encoder: Encoder, supports: list, support_masks, prototype: str, settings: Preset) -> Target:
+    return support_target(supports, support_masks, prototype, encoder.sam, settings.support_cells,
+                          settings.empty_support)
 
 
 class PerSAM(Baseline):
-    """PerSAM, training-free. ``prototype``: ``"mean"`` (PerSAM's) or ``"maxmean"``."""
+    """PerSAM, training-free. ``prototype``: ``"mean"`` (PerSAM's) or ``"maxmean"``; ``settings``: a
+    :class:`~prmagic_core.presets.Preset` or its name (the support cells, the empty-support
+    fallback and the similarity upsampling follow it)."""
 
     name = "persam"
 
-    def __init__(self, prototype: str = "mean"):
+    def __init__(self, prototype: str = "mean", settings: Preset | str | None = None):
         self.prototype = check_prototype(prototype)
+        self.settings = get_preset(settings)
 
     def prepare(self, encoder: Encoder, support_images, support_masks, query_image: np.ndarray) -> PerSAMPrompter:
         supports, query = encode_episode(encoder, support_images, query_image)
-        return PerSAMPrompter(encoder.sam, support_target(supports, support_masks, self.prototype), query)
+        target = prepared_target(encoder, supports, support_masks, self.prototype, self.settings)
+        return PerSAMPrompter(encoder.sam, target, query, self.settings.similarity_upsampling)
 
 
 # ---------------------------------------------------------------- PerSAM-F
-
-def mixing_weights(free: torch.Tensor) -> torch.Tensor:
-    """w = [1 - a - b, a, b] from the two free scalars (a, b)."""
-    return torch.cat([1 - free.sum(0, keepdim=True), free])
-
 
 def mix(logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """SAM's three multimask outputs (3, h, w) combined by ``weights`` (3,)."""
     return torch.einsum("k,khw->hw", weights, logits)
 
 
-def dice_loss(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    prob = logits.sigmoid()
-    return 1 - (2 * (prob * truth).sum() + 1) / (prob.sum() + truth.sum() + 1)
-
-
-def fit_mask_weights(sam: Sam, support: Encoded, support_mask: np.ndarray, target: Target,
+def fit_mask_weights(sam: Sam, support: Encoded, support_mask: np.ndarray, prompts: Prompts,
                      iters: int) -> tuple[torch.Tensor, list]:
-    """PerSAM-F's fine-tuning on the support image: (weights (3,), loss per iteration).
+    """PerSAM-F's fine-tuning on the support image, prompted with ``prompts``: (weights (3,), loss per iteration).
 
-    The support is prompted with the top-1 point of its own S. The decoder's outputs do not
-    depend on the weights, so it runs once (the release re-runs it every iteration, to the
-    same effect) and only the mixing trains.
+    The decoder's outputs do not depend on the weights, so it runs once (the release re-runs
+    it every iteration, to the same effect) and only the mixing trains (:func:`fit_mixing_weights`:
+    the plain AdamW loop's result without autograd).
     """
-    prompts = Prompts(top1_xy(similarity_map(target, support.embedding, support)), np.ones(1))
     with torch.no_grad():
         outputs = to_image_frame(decoding.decode(sam, support.embedding, support, prompts).logits, support)
-    truth = torch.as_tensor(np.asarray(support_mask, dtype=bool), dtype=torch.float32, device=outputs.device)
-    free = torch.nn.Parameter(torch.full((2,), 1 / 3, device=outputs.device))
-    optimizer = torch.optim.AdamW([free], lr=1e-3, eps=1e-4)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iters)
-    history = []
-    with torch.enable_grad():
-        for _ in range(iters):
-            logits = mix(outputs, mixing_weights(free))
-            loss = dice_loss(logits, truth) + sigmoid_focal_loss(logits, truth, alpha=0.25, gamma=2, reduction="mean")
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            history.append(loss.detach())
-    return mixing_weights(free).detach(), torch.stack(history).tolist()
-
-
-def band_pixels(similarity: torch.Tensor, lower_q: float, upper_q: float | None = None) -> torch.Tensor:
-    """Flat indices (CPU) of the pixels with q(lower_q) <= S (< q(upper_q) when given)."""
-    flat = similarity.detach().flatten().float()
-    inside = flat >= torch.quantile(flat, lower_q)
-    if upper_q is not None:
-        inside &= flat < torch.quantile(flat, upper_q)
-    return torch.nonzero(inside).flatten().cpu()
-
-
-def draw(pixels: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
-    """``count`` of ``pixels`` at random without replacement; all of them when the band is smaller.
-
-    Small images make the bands tiny (under 100k pixels band 1 is the argmax alone), so a
-    prompt set may hold fewer than ``points`` points rather than repeated ones.
-    """
-    order = torch.randperm(len(pixels), generator=generator, device=generator.device).cpu()
-    return pixels[order[:count]]
+    return fit_mixing_weights(outputs, torch.as_tensor(np.asarray(support_mask, dtype=bool)), iters)
 
 
 def band_prompts(similarity: torch.Tensor, points: int, generator: torch.Generator,
-                 released_point_order: bool = False) -> Prompts:
-    """PR-MaGIC's PerSAM-F prompts: the top-1 point, then ``points // 2`` random points from
-    band 1, then as many from band 2 (see BAND_QUANTILES); all positive.
+                 quantiles: tuple = BAND_QUANTILES, row_col: bool = False) -> Prompts:
+    """PR-MaGIC's PerSAM-F prompts: the top-1 point, then up to ``points // 2`` random points from
+    each band, all positive. Band k holds the pixels with S >= q(quantiles[k]) (so band 2
+    contains band 1), less every pixel taken before (the top-1 first): no pixel is drawn twice.
 
-    ``released_point_order`` gives the extra points as (row, col), as the release does.
+    ``row_col`` reproduces the first release: extra points given as (row, col), and taken pixels
+    remembered by the transposed flat index col * W + row, so band 2 removes the transposed
+    pixel of a band-1 pick (its own repeat is then skipped, leaving fewer points). On an image
+    wider than tall that index can fall outside the map, where the release raised and skipped
+    the episode; so does this (ValueError).
     """
-    upper, lower = BAND_QUANTILES
-    extra = torch.cat([draw(band_pixels(similarity, upper), points // 2, generator),
-                       draw(band_pixels(similarity, lower, upper), points // 2, generator)])
-    coords = np.concatenate([top1_xy(similarity),
-                             pixels_xy(extra, similarity.shape[-1], row_col=released_point_order)])
+    height, width = similarity.shape
+    flat = similarity.detach().flatten().float()
+    top = int(torch.argmax(flat))
+    taken = [top]
+    extra = []
+    for q in quantiles:
+        inside = (flat >= torch.quantile(flat, q)).reshape(height, width)
+        for index in taken:
+            row, col = divmod(index, width)
+            if row >= height:
+                raise ValueError(f"the (row, col) sampler's transposed index {index} falls outside the "
+                                 f"{height}x{width} similarity map (the first release fails here too)")
+            inside[row, col] = False
+        pixels = torch.nonzero(inside).cpu()
+        if len(pixels) == 0:
+            continue
+        order = torch.randperm(len(pixels), generator=generator, device=generator.device).cpu()
+        for row, col in pixels[order[: points // 2]].tolist():
+            index = col * width + row if row_col else row * width + col
+            if index not in taken:
+                extra.append((row, col) if row_col else (col, row))
+                taken.append(index)
+    coords = np.concatenate([pixels_xy(torch.tensor(top), width), np.asarray(extra, dtype=np.float64).reshape(-1, 2)])
     return Prompts(coords, np.ones(len(coords)))
 
 
 class PerSAMFPrompter(LocationPrior):
-    """PerSAM-F's prompter; ``mask_weights`` (3,) and ``loss_history`` come from the support fit."""
+    """PerSAM-F's prompter; ``mask_weights`` (3,), ``loss_history`` and ``fit_prompts`` come from the support fit."""
 
     decode_uses_similarity = False
 
-    def __init__(self, sam: Sam, target: Target, query: Encoded, mask_weights: torch.Tensor,
-                 loss_history: list, points: int, released_point_order: bool):
-        super().__init__(sam, target, query)
+    def __init__(self, sam: Sam, target: Target, query: Encoded, mask_weights: torch.Tensor, loss_history: list,
+                 points: int, settings: Preset, fit_prompts: Prompts):
+        super().__init__(sam, target, query, settings.similarity_upsampling)
         self.mask_weights = mask_weights
         self.loss_history = loss_history
         self.points = points
-        self.released_point_order = released_point_order
+        self.settings = settings
+        self.fit_prompts = fit_prompts
 
     def sample_prompts(self, similarity: torch.Tensor, generator: torch.Generator) -> Prompts:
-        return band_prompts(similarity, self.points, generator, self.released_point_order)
+        return band_prompts(similarity, self.points, generator, self.settings.band_quantiles,
+                            self.settings.point_order == "row_col")
 
     def decode(self, embedding: torch.Tensor, prompts: Prompts, similarity: torch.Tensor):
-        """Stock calls, as PR-MaGIC's release: the three outputs mixed by the fitted weights,
-        then :func:`post_refine` with the mixed mask's box from the start (``similarity`` is unused)."""
-        first = decoding.decode(self.sam, embedding, self.query, prompts, multimask=True)
-        return post_refine(self.sam, embedding, self.query, prompts, mix(first.logits, self.mask_weights),
-                           box_first=True)
+        """Stock calls, as PR-MaGIC's release: the three outputs mixed by the fitted weights, then
+        :func:`post_refine` with the mixed mask's box from the start (``similarity`` is unused).
+
+        The selector's evidence: the mask it encodes (call 1's mixed mask under the release's
+        ``selector_mask="first-call"``, else the candidate), call 3's best IoU prediction, and
+        call 3's three outputs mixed by the weights (the release's margin logits).
+        """
+        first = mix(decoding.decode(self.sam, embedding, self.query, prompts, multimask=True).logits,
+                    self.mask_weights)
+        last = post_refine(self.sam, embedding, self.query, prompts, first, box_first=True,
+                           reuse_box=self.settings.cascade_box == "first")
+        logits = last.best()
+        mask = to_mask(logits, self.query)
+        scored = to_mask(first, self.query) if self.settings.selector_mask == "first-call" else mask
+        margin_logits = mix(last.logits.detach(), self.mask_weights)
+        return mask, logits, SelectorEvidence(scored, float(last.iou.detach().max()), margin_logits)
 
 
 class PerSAMF(Baseline):
@@ -335,22 +396,40 @@ class PerSAMF(Baseline):
 
     ``prototype``: ``"maxmean"`` (the releases') or ``"mean"``; ``points``: prompt points
     (5 for semantic, 3 for part segmentation); ``train_iters``: fine-tuning iterations;
-    ``released_point_order``: reproduce the release's (row, col) extra points.
+    ``settings``: a :class:`~prmagic_core.presets.Preset` or its name (sampler, cascade, fit,
+    selector mask, support cells); ``released_point_order``: the first release's (row, col)
+    extra points whatever the preset says; ``fit_seed``: the fit's band-point draws.
     """
 
     name = "persam_f"
 
     def __init__(self, prototype: str = "maxmean", points: int = 5, train_iters: int = 1000,
-                 released_point_order: bool = False):
+                 released_point_order: bool = False, settings: Preset | str | None = None, fit_seed: int = 0):
         if points < 1 or train_iters < 1:
             raise ValueError(f"points and train_iters must be >= 1, got points={points}, train_iters={train_iters}")
         self.prototype = check_prototype(prototype)
         self.points = points
         self.train_iters = train_iters
-        self.released_point_order = released_point_order
+        settings = get_preset(settings)
+        self.settings = settings.override(point_order="row_col") if released_point_order else settings
+        self.fit_seed = fit_seed
+
+    @property
+    def released_point_order(self) -> bool:
+        return self.settings.point_order == "row_col"
+
+    def fit_prompts(self, sam: Sam, support: Encoded, target: Target) -> Prompts:
+        """The fit's prompts on the support's own S: the top-1 point, or the whole band sample."""
+        similarity = similarity_map(target, support.embedding, support, self.settings.similarity_upsampling)
+        if self.settings.fit_points == "top1":
+            return Prompts(top1_xy(similarity), np.ones(1))
+        generator = torch.Generator().manual_seed(self.fit_seed)
+        return band_prompts(similarity, self.points, generator, self.settings.band_quantiles,
+                            self.settings.point_order == "row_col")
 
     def prepare(self, encoder: Encoder, support_images, support_masks, query_image: np.ndarray) -> PerSAMFPrompter:
         supports, query = encode_episode(encoder, support_images, query_image)
-        target = support_target(supports, support_masks, self.prototype)
-        weights, history = fit_mask_weights(encoder.sam, supports[0], support_masks[0], target, self.train_iters)
-        return PerSAMFPrompter(encoder.sam, target, query, weights, history, self.points, self.released_point_order)
+        target = prepared_target(encoder, supports, support_masks, self.prototype, self.settings)
+        prompts = self.fit_prompts(encoder.sam, supports[0], target)
+        weights, history = fit_mask_weights(encoder.sam, supports[0], support_masks[0], prompts, self.train_iters)
+        return PerSAMFPrompter(encoder.sam, target, query, weights, history, self.points, self.settings, prompts)

@@ -53,8 +53,8 @@ def _read_mask(path: Path, image_path: Path, image_size: tuple, support: bool) -
                                f"{image_size[0]}x{image_size[1]} (width x height)")
     mask, grey_levels = mask_values(image)
     if grey_levels:
-        warnings.warn(f"{path}: mask has more than two values (anti-aliased or JPEG-compressed?); "
-                      f"read as foreground where > 127 (palette / 1-bit: index > 0)", InputWarning, stacklevel=2)
+        warnings.warn(f"{path}: mask has more than two values (anti-aliased or JPEG-compressed?); foreground is "
+                      "where it is above half its range (8-bit: > 127; palette: index > 0)", InputWarning, stacklevel=2)
     if support and not mask.any():
         raise InputError(path, "support mask is empty (no foreground pixel)")
     if support and mask.all():
@@ -91,7 +91,8 @@ def _read_text(path: Path, default: str) -> str:
     if not path.is_file():
         return default
     try:
-        text = path.read_text(encoding="utf-8").strip()
+        # utf-8-sig: editors on Windows start UTF-8 files with a byte-order mark.
+        text = path.read_text(encoding="utf-8-sig").strip()
     except UnicodeDecodeError as error:
         raise InputError(path, f"not UTF-8 text ({error.reason} at byte {error.start})") from None
     if not text:

@@ -58,29 +58,47 @@ def decode(
     multimask: bool = True,
 ) -> Decoded:
     """Decode on ``embedding`` (1, C, h, w) with prompts given in ``encoded``'s original frame."""
+    return decode_many(sam, embedding, encoded, [prompts], box, mask_input, multimask)[0]
+
+
+def decode_many(
+    sam: Sam,
+    embedding: torch.Tensor,
+    encoded: Encoded,
+    point_sets: list,
+    box: np.ndarray | None = None,
+    mask_input: torch.Tensor | None = None,
+    multimask: bool = True,
+) -> list:
+    """:func:`decode` of each of ``point_sets`` (:class:`Prompts` of one length, or all None), sharing
+    ``box`` and ``mask_input``, in one decoder call. SAM pads a prompt with a not-a-point token, so
+    only sets of one length batch to the decodes one at a time would give."""
     transform = ResizeLongestSide(sam.image_encoder.img_size)
     device = embedding.device
+    count = len(point_sets)
     points = None
-    if prompts is not None:
-        coords = transform.apply_coords(prompts.coords, encoded.original_size)
+    if point_sets[0] is not None:
+        if len({len(p.coords) for p in point_sets}) != 1:
+            raise ValueError("decode_many batches point sets of one length only")
+        coords = np.stack([transform.apply_coords(p.coords, encoded.original_size) for p in point_sets])
         points = (
-            torch.as_tensor(coords, dtype=torch.float32, device=device)[None],
-            torch.as_tensor(prompts.labels, dtype=torch.float32, device=device)[None],
+            torch.as_tensor(coords, dtype=torch.float32, device=device),
+            torch.as_tensor(np.stack([p.labels for p in point_sets]), dtype=torch.float32, device=device),
         )
     boxes = None
     if box is not None:
         boxes = torch.as_tensor(transform.apply_boxes(np.asarray(box, dtype=np.float64)[None], encoded.original_size),
-                                dtype=torch.float32, device=device)
-    masks = None if mask_input is None else mask_input.reshape(1, 1, *mask_input.shape[-2:])
+                                dtype=torch.float32, device=device).expand(count, 4)
+    masks = None if mask_input is None else mask_input.reshape(1, 1, *mask_input.shape[-2:]).expand(count, 1, -1, -1)
     sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=masks)
     logits, iou = sam.mask_decoder(
         image_embeddings=embedding,
         image_pe=sam.prompt_encoder.get_dense_pe(),
         sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
+        dense_prompt_embeddings=dense.expand(count, -1, -1, -1),
         multimask_output=multimask,
     )
-    return Decoded(logits[0], iou[0])
+    return [Decoded(l, i) for l, i in zip(logits, iou)]
 
 
 def to_mask(low_res_logits: torch.Tensor, encoded: Encoded, threshold: float = 0.0) -> np.ndarray:

@@ -8,6 +8,7 @@ encoder (the benchmark reports it).
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -39,14 +40,54 @@ def _content_key(image: np.ndarray) -> str:
     return hashlib.sha1(image.tobytes() + repr(image.shape).encode()).hexdigest()
 
 
-class Encoder:
-    """SAM's image encoder behind a bounded content-keyed cache, with batched encoding."""
+# Memory the encoder may use for one batch when nobody says: a fixed amount on a CPU (so a run
+# does not change with what else the machine holds), half of what is free on a GPU.
+CPU_BUDGET_MB = 3072
+MAX_AUTO_BATCH = 32
 
-    def __init__(self, sam: Sam, cache_size: int = 64, batch_size: int = 4):
+
+def encoder_bytes_per_image(image_encoder) -> int:
+    """Peak bytes one image adds inside SAM's ViT encoder, dominated by attention.
+
+    A block's attention holds heads x tokens^2 float32 scores three times at its peak (the
+    scores, the scores plus the relative-position terms, their softmax); a global block
+    attends over the whole grid (64 x 64 tokens at 1024 px: 0.8 GB per copy for vit_b's
+    12 heads), a windowed block over each window.
+    """
+    grid = image_encoder.img_size // image_encoder.patch_embed.proj.kernel_size[0]
+    peak = 0
+    for block in image_encoder.blocks:
+        window = block.window_size or grid
+        windows = math.ceil(grid / window) ** 2
+        peak = max(peak, 3 * 4 * block.attn.num_heads * windows * window**4)
+    return peak
+
+
+def auto_batch(sam: Sam, budget_mb: float | None = None) -> int:
+    """The largest encoder batch whose attention fits in ``budget_mb`` (default: see CPU_BUDGET_MB), at least 1."""
+    if budget_mb is None:
+        if sam.device.type == "cuda":
+            budget_mb = torch.cuda.mem_get_info(sam.device)[0] / 2**20 / 2
+        else:
+            budget_mb = CPU_BUDGET_MB
+    per_image_mb = encoder_bytes_per_image(sam.image_encoder) / 2**20
+    return int(max(1, min(MAX_AUTO_BATCH, budget_mb // per_image_mb)))
+
+
+class Encoder:
+    """SAM's image encoder behind a bounded content-keyed cache, with batched encoding.
+
+    ``batch_size``: images per encoder call; None picks it from a memory budget (:func:`auto_batch`).
+    The batch changes the cost, never the embeddings.
+    """
+
+    def __init__(self, sam: Sam, cache_size: int = 64, batch_size: int | None = None):
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"encoder batch size must be at least 1, got {batch_size}")
         self.sam = sam
         self.transform = ResizeLongestSide(sam.image_encoder.img_size)
         self.cache_size = cache_size
-        self.batch_size = batch_size
+        self.batch_size = batch_size or auto_batch(sam)
         self.passes = 0
         self._cache: OrderedDict[str, Encoded] = OrderedDict()
 

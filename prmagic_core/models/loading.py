@@ -120,6 +120,13 @@ def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` picks CUDA when available; asking for CUDA without it is an error, not a silent CPU run."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for but CUDA is not available here")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device!r} is not a torch device (e.g. auto, cpu, cuda, cuda:1)") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device!r} asked for but CUDA is not available here")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise UserError(f"--device {device!r} asked for but this machine has {torch.cuda.device_count()} CUDA devices")
+    return resolved

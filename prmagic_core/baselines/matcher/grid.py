@@ -88,6 +88,13 @@ class TokenGrid:
             raise ValueError(f"tokens on a {tuple(self.tokens.shape[-2:])} grid, the frame's is {self.frame.grid}")
 
 
+def centre_cell(grid: tuple) -> np.ndarray:
+    """(h*w,) bool: only the centre cell of an (h, w) grid (the releases' stand-in for an empty support mask)."""
+    cells = np.zeros(grid, dtype=bool)
+    cells[grid[0] // 2, grid[1] // 2] = True
+    return cells.ravel()
+
+
 def normalised_cells(tokens: torch.Tensor) -> torch.Tensor:
     """(h*w, C) L2-normalised features, one row per cell (row-major)."""
     return F.normalize(tokens.flatten(1).T.float(), dim=1)

@@ -10,6 +10,10 @@
 - ``part`` (PACO-Part, Pascal-Part, DIS5K): raw points in subsets of 3..6 plus the box around
   all matched points, a coverage filter (0.3), score 0.5 * emd + 0.5 * purity, top 5 merged.
 
+``launcher-*`` (:data:`LAUNCHER_PRESETS`): the settings PR-MaGIC's release ran Matcher with
+(``scripts/launch_matcher_pr.py``), which differ from Matcher's own scripts; the ``release``
+project preset uses them (``matcher_settings="launcher"``), see :func:`launcher_preset`.
+
 The paper's prompt-point counts ("Matcher: 8 points semantic, 5 part") are the 8 centres of
 ``fss`` and the 5 masks ``part`` merges; Matcher's part setting has no 5-point prompt.
 
@@ -78,7 +82,39 @@ BENCHMARK_PRESETS = {"fss": "fss", "coco": "coco", "lvis": "coco",
 KIND_PRESETS = {"object": "fss", "part": "part"}
 
 
+def launcher_preset(name: str, centres: int, alpha: float, beta: float, exp: float, merge_count: int) -> MatcherPreset:
+    """PR-MaGIC's ``scripts/launch_matcher_pr.py`` (with pr_magic_for_matcher.py's defaults): k-means
+    centres, subsets of 4..6, 30 random draws per size, single-mask output, no SAM or metric
+    filter on the point subsets, the score-filter merge (0.33 / 0.1), no box; per benchmark
+    (alpha, beta, exp, masks merged) and the centres (8, or 5 for part benchmarks and DIS5K).
+    Its box NMS (0.65) acts on the everything-mode masks this Matcher does not pool."""
+    return MatcherPreset(name=name, centres=centres, subset_sizes=(4, 6), draws_per_size=30, tiny_subsets_per_size=8,
+                         box=False, multimask=False, alpha=alpha, beta=beta, exp=exp, merge="score_filter",
+                         merge_count=merge_count)
+
+
+LAUNCHER_PRESETS = {p.name: p for p in (
+    launcher_preset("launcher-coco", 8, 1.0, 0.0, 0.0, 9),
+    launcher_preset("launcher-fss", 8, 0.8, 0.2, 1.0, 10),
+    launcher_preset("launcher-lvis", 8, 1.0, 0.0, 0.0, 9),
+    launcher_preset("launcher-part", 5, 0.5, 0.5, 0.0, 5),  # paco_part and pascal_part
+    launcher_preset("launcher-dis", 5, 0.8, 0.2, 1.0, 10),
+)}
+LAUNCHER_BENCHMARKS = {"fss": "launcher-fss", "coco": "launcher-coco", "lvis": "launcher-lvis",
+                       "paco": "launcher-part", "pascal_part": "launcher-part", "dis5k": "launcher-dis"}
+LAUNCHER_KINDS = {"object": "launcher-fss", "part": "launcher-part"}
+
+
+def settings_preset(matcher_settings: str, kind: str, benchmark: str | None = None) -> str:
+    """The Matcher preset's name for a task: from the PR-MaGIC launcher (``"launcher"``) or from
+    Matcher's own scripts (``"matcher"``); by benchmark when known, else by task kind."""
+    if matcher_settings == "launcher":
+        return LAUNCHER_BENCHMARKS.get(benchmark) or LAUNCHER_KINDS[kind]
+    return BENCHMARK_PRESETS.get(benchmark) or KIND_PRESETS[kind]
+
+
 def get_preset(name: str) -> MatcherPreset:
-    if name not in PRESETS:
-        raise ValueError(f"unknown Matcher preset {name!r}; expected one of {', '.join(PRESETS)}")
-    return PRESETS[name]
+    known = {**PRESETS, **LAUNCHER_PRESETS}
+    if name not in known:
+        raise ValueError(f"unknown Matcher preset {name!r}; expected one of {', '.join(known)}")
+    return known[name]

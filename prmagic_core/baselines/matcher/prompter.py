@@ -29,14 +29,17 @@ Where this differs from Matcher's release, and why:
 - k-means is sklearn's k-means++ (one run, seeded by the prompt generator; the release
   loops its own until no cluster is empty, which sklearn guarantees); random subsets come
   from a numpy generator seeded the same way, not from Python's global ``random``;
-- an empty support mask is an error (the release silently fills a centre square); an empty
-  candidate gets emd score 0 (the release scores it as if it covered the whole image); the
-  best-scored candidate always joins the union (see :func:`.scoring.merge_choice`);
+- an empty support mask is an error, or (``empty_support="fallback"``, the release's) the
+  grid's centre cell with a warning (the release fills a 14-px centre square of its 518-px
+  input: the centre token of 37 x 37); an empty candidate gets emd score 0 (the release
+  scores it as if it covered the whole image); the best-scored candidate always joins the
+  union (see :func:`.scoring.merge_choice`);
 - on SAM-Tiny the matching features are SAM's own (:mod:`.features`) and the subsets per
   size are capped by the preset (:mod:`.presets`).
 """
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -49,12 +52,15 @@ from ...models import decoding
 from ...models.decoding import Prompts
 from ...models.encoding import Encoded, Encoder, to_image_frame
 from ...models.tiny import TINY_CONFIG
+from ...presets import Preset, get_preset
+from ...select import SelectorEvidence
 from ...timing import timed
-from ..base import Baseline, Prompter
+from ..base import Baseline, EmptySupportWarning, Prompter
 from .features import Dinov2Features, SamFeatures
-from .grid import TokenGrid, normalised_cells
+from .grid import TokenGrid, centre_cell, normalised_cells
 from .matching import bidirectional_match
-from .presets import MatcherPreset, get_preset
+from .presets import MatcherPreset
+from .presets import get_preset as get_matcher_preset
 from .sampling import kmeans_centres, prompt_subsets
 from .scoring import Metrics, coverage, emd_score, merge_choice, passing_metric_filters, passing_sam_filters, \
     points_inside, purity
@@ -101,20 +107,28 @@ class MatcherPrompter(Prompter):
     decode_uses_similarity = True
 
     def __init__(self, sam, query: Encoded, query_tokens: TokenGrid, supports: list, support_masks,
-                 preset: MatcherPreset, variant: str, subsets_cap: int | None, timings: dict):
+                 preset: MatcherPreset, variant: str, subsets_cap: int | None, timings: dict,
+                 settings: Preset | None = None, selector_encoder=None):
         self.sam = sam
         self.query = query
         self.query_tokens = query_tokens
         self.preset = preset
         self.subsets_cap = subsets_cap
         self.timings = timings
+        self.settings = get_preset(settings)
+        # The encoder the masked-image selector re-encodes with: the one Matcher matches with.
+        self.selector_encoder = selector_encoder
         self.z0 = query.embedding.detach()
         features, foreground = [], []
         for index, (grid, mask) in enumerate(zip(supports, support_masks, strict=True)):
             _, valid = grid.frame.centres()
             covered = grid.frame.cells(mask).cpu().numpy()[valid] > 0
             if not covered.any():
-                raise ValueError(f"support mask {index} is empty (no foreground on the {grid.frame.grid} token grid)")
+                message = f"support mask {index} is empty (no foreground on the {grid.frame.grid} token grid)"
+                if self.settings.empty_support != "fallback":
+                    raise ValueError(message)
+                warnings.warn(f"{message}; using the centre square of the grid", EmptySupportWarning, stacklevel=2)
+                covered = centre_cell(grid.frame.grid)[valid]
             features.append(normalised_cells(grid.tokens)[torch.as_tensor(valid)])
             foreground.append(covered)
         self.support = torch.cat(features)
@@ -135,9 +149,13 @@ class MatcherPrompter(Prompter):
             yield
 
     def matching_features(self, embedding: torch.Tensor) -> torch.Tensor:
-        """The query's L2-normalised matching features (h*w, C) with the step ``embedding`` - z0 carried in."""
-        step = embedding.detach() - self.z0
-        return normalised_cells(self.query_tokens.tokens + self.step_map(step))
+        """The query's matching features (h*w, C) with the step ``embedding`` - z0 carried in: added to
+        the tokens before L2-normalising (``step_injection="raw"``), or to the normalised tokens
+        and left as they are (``"normalised"``, the release's: the moved features are not unit vectors)."""
+        step = self.step_map(embedding.detach() - self.z0)
+        if self.settings.step_injection == "raw":
+            return normalised_cells(self.query_tokens.tokens + step)
+        return normalised_cells(self.query_tokens.tokens) + step.flatten(1).T
 
     def similarity(self, embedding: torch.Tensor) -> torch.Tensor:
         with self._timed("matching"):
@@ -181,30 +199,56 @@ class MatcherPrompter(Prompter):
         return decoding.decode(self.sam, embedding, self.query, points, box=prompts.box,
                                multimask=self.preset.multimask)
 
+    def _decode_subsets(self, embedding: torch.Tensor, prompts: MatcherPrompts) -> list:
+        """Every subset's decode, in order: one decoder call per subset size (SAM's prompt padding
+        makes only equal sizes batch to what one call per subset gives)."""
+        by_size: dict = {}
+        for index, subset in enumerate(prompts.subsets):
+            by_size.setdefault(len(subset), []).append(index)
+        decoded = [None] * len(prompts.subsets)
+        for indices in by_size.values():
+            point_sets = [Prompts(prompts.coords[prompts.subsets[i]], prompts.labels[prompts.subsets[i]])
+                          for i in indices]
+            batch = decoding.decode_many(self.sam, embedding, self.query, point_sets, box=prompts.box,
+                                         multimask=self.preset.multimask)
+            for index, result in zip(indices, batch):
+                decoded[index] = result
+        return decoded
+
     def decode(self, embedding: torch.Tensor, prompts: Prompts, similarity: torch.Tensor):
         """Matcher's mask on ``embedding`` from ``prompts`` (``similarity`` is unused: the
         matching it came from travels with the prompts)."""
         if not isinstance(prompts, MatcherPrompts) or prompts.evidence is None:
             raise TypeError("Matcher decodes MatcherPrompts from its own sample_prompts()")
         with self._timed("decoding"), torch.no_grad():
-            decoded = [self._decode_subset(embedding.detach(), prompts, i) for i in range(len(prompts.subsets))]
+            decoded = self._decode_subsets(embedding.detach(), prompts)
             logits = torch.cat([d.logits for d in decoded])
             origin = [(i, j) for i, d in enumerate(decoded) for j in range(len(d.iou))]
             stability = calculate_stability_score(logits, self.sam.mask_threshold, 1.0)
-            pool = passing_sam_filters(torch.cat([d.iou for d in decoded]).cpu().numpy(), stability.cpu().numpy(),
-                                       self.preset)
+            predicted_iou = torch.cat([d.iou for d in decoded]).cpu().numpy()
+            pool = passing_sam_filters(predicted_iou, stability.cpu().numpy(), self.preset)
         with self._timed("scoring"):
             metrics = self._metrics(logits[torch.as_tensor(pool, device=logits.device)], prompts.evidence)
             kept = passing_metric_filters(metrics, self.preset)
             chosen = pool[kept[merge_choice(metrics.score(self.preset)[kept], self.preset)]]
             mask = self._masks(logits[torch.as_tensor(chosen, device=logits.device)]).any(0)
+        evidence = SelectorEvidence(mask, float(np.mean(predicted_iou[chosen])))
+        if self.settings.matcher_d_phi == "merged-high-res":
+            return mask, self._merged_high_res(embedding, prompts, logits, origin, chosen), evidence
         subset, output = origin[chosen[0]]
-        # The merged mask's confidence: SAM's IoU prediction of its first (best-scored) part.
-        confidence = float(torch.cat([d.iou for d in decoded])[chosen[0]])
         if not embedding.requires_grad:
-            return mask, logits[chosen[0]], confidence
+            return mask, logits[chosen[0]], evidence
         with self._timed("decoding"):
-            return mask, self._decode_subset(embedding, prompts, subset).logits[output], confidence
+            return mask, self._decode_subset(embedding, prompts, subset).logits[output], evidence
+
+    def _merged_high_res(self, embedding, prompts: MatcherPrompts, logits, origin, chosen) -> torch.Tensor:
+        """(k, H, W) image-frame logits of all k merged candidates (the release's d_phi sums them),
+        decoded again with gradient when ``embedding`` requires it."""
+        if not embedding.requires_grad:
+            return to_image_frame(logits[torch.as_tensor(chosen, device=logits.device)], self.query)
+        with self._timed("decoding"):
+            outputs = [self._decode_subset(embedding, prompts, origin[i][0]).logits[origin[i][1]] for i in chosen]
+        return to_image_frame(torch.stack(outputs), self.query)
 
     def _masks(self, logits: torch.Tensor) -> np.ndarray:
         return (to_image_frame(logits, self.query) > self.sam.mask_threshold).cpu().numpy()
@@ -233,14 +277,18 @@ class Matcher(Baseline):
     ``transport``, see :mod:`.steps`); ``dinov2_checkpoint``: the local DINOv2 ViT-L/14
     weights, loaded on first use onto the SAM's device. Without it matching uses SAM's own
     features, which is allowed only on SAM-Tiny (on official SAM that would not be Matcher).
+    ``settings``: a :class:`~prmagic_core.presets.Preset` or its name (step injection, d_phi,
+    empty-support fallback).
     """
 
     name = "matcher"
 
-    def __init__(self, preset: MatcherPreset | str = "fss", variant: str = "released", dinov2_checkpoint=None):
-        self.preset = get_preset(preset) if isinstance(preset, str) else preset
+    def __init__(self, preset: MatcherPreset | str = "fss", variant: str = "released", dinov2_checkpoint=None,
+                 settings: Preset | str | None = None):
+        self.preset = get_matcher_preset(preset) if isinstance(preset, str) else preset
         self.variant = check_variant(variant)
         self.dinov2_checkpoint = dinov2_checkpoint
+        self.settings = get_preset(settings)
         self._features = None
 
     def features(self, encoder: Encoder):
@@ -264,4 +312,4 @@ class Matcher(Baseline):
         on_tiny = encoder.sam.image_encoder.img_size == TINY_CONFIG["img_size"]
         cap = self.preset.tiny_subsets_per_size if on_tiny else None
         return MatcherPrompter(encoder.sam, query, grids[-1], grids[:-1], support_masks, self.preset, self.variant,
-                               cap, timings)
+                               cap, timings, self.settings, features.selector_encoder(encoder))
