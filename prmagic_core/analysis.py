@@ -92,7 +92,7 @@ def to_frame(rows) -> pd.DataFrame:
     if frame.empty:
         return frame
     for column in frame.columns:
-        if column in _NUMERIC or column.startswith(("score_", "chosen_")):
+        if column in _NUMERIC or column.startswith(("score_", "chosen_", "signal_")):
             frame[column] = pd.to_numeric(frame[column].replace("", np.nan))
     frame["drift"] = frame["drift"].astype(str) == "True"
     return frame

@@ -205,8 +205,10 @@ def cmd_evaluate(args) -> int:
     from .models.loading import load_sam, resolve_device
     from .presets import get_preset, parse_assignments
     from .results import ResultsFile
+    from .select import rule
     from .workers import resolve_workers
 
+    rule(args.selector)  # an unknown name fails here, before any model is loaded
     model_type = "tiny" if args.backend == "tiny" else args.model_type
     if args.backend == "sam" and args.checkpoint is None:
         raise ValueError("--backend sam needs --checkpoint PATH to an official SAM checkpoint")
@@ -393,8 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-at", default="z0", choices=["z0", "zt"],
                    help="gradient at the original embedding (released) or the moved one (the paper's equation)")
     p.add_argument("--divergence", default="kl", choices=["kl", "logd", "js"], help="f-divergence: sets the drift weight")
-    p.add_argument("--selector", default="masked-image", choices=["masked-image", "crop-pool", "pooled"],
-                   help="top-1 selector: released, as the paper describes, or without an extra encoder pass")
+    p.add_argument("--selector", default="masked-image",
+                   help="top-1 selector, any of select.FAMILY: the release's (masked-image, masked-image-iou-margin, "
+                        "crop-pool, pooled), the fork's (guarded, rank-sum, median-rank, consensus), ours "
+                        "(contrastive, centred, prototype-iou, purity, vote), references (random, fixed-step, oracle)")
     p.add_argument("--preset", default="release", choices=["release", "release-v1", "corrected", "principled"],
                    help="which behaviour every component has (README: presets); flags below override it")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",

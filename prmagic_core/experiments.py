@@ -36,7 +36,7 @@ import json
 import math
 import time
 import zlib
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,9 +57,12 @@ from .results import ResultsFile
 from .pipeline import select_final
 from .presets import get_preset
 from .select import SELECTORS, oracle
+from .signals import DECODER, FEATURE, candidate_signals
 from .workers import ordered_map, resolve_workers
 
-TABLE_VERSION = 2  # 2: rows from a preset (selector evidence, first-shot support)
+# 2: rows from a preset (selector evidence, first-shot support); 3: each row carries the
+# candidate's zero-pass signals (signal_* columns)
+TABLE_VERSION = 3
 BACKENDS = ("tiny", "sam")
 DEFAULT_ETA = {"object": 1e-3, "part": 1e-4}
 
@@ -184,7 +187,7 @@ PACKAGE = Path(__file__).resolve().parent
 # Modules whose edits do not invalidate cached tables: those that only read, plot or dispatch,
 # and this module itself, whose row-building code is versioned by TABLE_VERSION instead
 # (bump it when _rows or run_trajectory change what a row holds).
-PRESENTATION = {"experiments.py", "analysis.py", "toy.py", "viz.py", "figures.py", "bench.py", "cli.py"}
+PRESENTATION = {"experiments.py", "analysis.py", "study.py", "toy.py", "viz.py", "figures.py", "bench.py", "cli.py"}
 
 
 def source_sha1() -> str:
@@ -241,13 +244,19 @@ def prompts_array(text: str) -> np.ndarray:
 
 # ---------------------------------------------------------------- one trajectory, scored
 
+# Zero-pass signals recorded for every candidate beside the selectors' scores, so every rule of
+# the selector family (select.FAMILY) is scored offline from a table (prmagic_core.study).
+RECORDED_SIGNALS = FEATURE + DECODER
+
+
 @dataclass
 class Scored:
-    """A trajectory with every selector's scores and the oracle's choice."""
+    """A trajectory with every selector's scores, the recorded signals and the oracle's choice."""
 
     trajectory: object
     selections: dict
     oracle: object
+    signals: dict = field(default_factory=dict)
 
 
 def run_trajectory(prompter, encoder, episode, flow: FlowConfig, seed: int, steps: int, resampling: str | None,
@@ -261,7 +270,9 @@ def run_trajectory(prompter, encoder, episode, flow: FlowConfig, seed: int, step
     generator = torch.Generator().manual_seed(episode_seed(seed, episode.name))
     trajectory = refine(prompter, steps, flow, generator, resampling or get_preset(preset).resampling, memo=memo)
     selections = {name: select_final(name, trajectory, prompter, encoder, episode, preset) for name in selectors}
-    return Scored(trajectory, selections, oracle(trajectory.candidates, episode.query_mask))
+    signals = candidate_signals(RECORDED_SIGNALS, trajectory, encoder, prompter.query, episode.support_images,
+                                episode.support_masks)
+    return Scored(trajectory, selections, oracle(trajectory.candidates, episode.query_mask), signals)
 
 
 def _rows(scored: Scored, episode, baseline: str, flow_key: tuple, seed: int) -> list:
@@ -276,6 +287,8 @@ def _rows(scored: Scored, episode, baseline: str, flow_key: tuple, seed: int) ->
         for name, selection in scored.selections.items():
             row[f"score_{name}"] = selection.scores[t]
             row[f"chosen_{name}"] = int(selection.index == t)
+        for name, values in scored.signals.items():
+            row[f"signal_{name}"] = _blank(None if np.isnan(values[t]) else float(values[t]))
         row.update({"d_phi": _blank(step.d_phi), "drift_norm": _blank(step.drift_norm),
                     "noise_norm": _blank(step.noise_norm), "prompts": prompts_json(step.prompts),
                     "mask": mask_to_text(step.mask)})
@@ -632,11 +645,18 @@ class Trace:
 
 def miss_cases(lab: "Lab", table: pd.DataFrame, selector: str, k: int, n_episodes: int) -> list:
     """The ``k`` worst selector misses as panels for :func:`prmagic_core.viz.misses_figure` (masks from the table)."""
+    misses = selector_misses(table, selector, k).rename(columns={f"step_T {selector}": "step_T"})
+    return miss_panels(lab, table, misses, selector, n_episodes)
+
+
+def miss_panels(lab: "Lab", table: pd.DataFrame, misses: pd.DataFrame, selector: str, n_episodes: int) -> list:
+    """Panels of :func:`prmagic_core.viz.misses_figure` for the trajectories of ``misses`` (one row
+    each, with the steps ``step_T`` and ``step_O`` chosen), masks and prompts read from ``table``."""
     cases = []
-    for miss in selector_misses(table, selector, k).to_dict("records"):
+    for miss in misses.to_dict("records"):
         rows = candidate_rows(table, miss).set_index("step")
         episode = lab.episode_by_id(miss["episode"], n_episodes)
-        picks_ = {"B": 0, f"T {selector}": int(miss[f"step_T {selector}"]), "O": int(miss["step_O"])}
+        picks_ = {"B": 0, f"T {selector}": int(miss["step_T"]), "O": int(miss["step_O"])}
         cases.append({
             "image": episode.query_image, "truth": episode.query_mask,
             "masks": {label: text_to_mask(rows.loc[t, "mask"]) for label, t in picks_.items()},
@@ -645,6 +665,28 @@ def miss_cases(lab: "Lab", table: pd.DataFrame, selector: str, k: int, n_episode
             "title": f"{miss['class']} ({miss['baseline']}, eta {miss['eta']:g}, seed {miss['seed']})",
         })
     return cases
+
+
+def study_tables(setup: Setup, baselines, kinds, n_dev: int, n_test: int, seeds, steps: int = 5,
+                 dev_seed: int = 0, test_seed: int = 1, cache_dir="build/cache", etas: dict | None = None,
+                 progress: bool = True) -> dict:
+    """The selector study's tables: ``{(baseline, kind): (development, test)}``.
+
+    Development: the first ``n_dev`` episodes of episode seed ``dev_seed``, noise seed ``seeds[0]``;
+    test: the first ``n_test`` of ``test_seed`` (other scenes), every noise seed in ``seeds``;
+    eta: ``etas[kind]``, by default the kind's (1e-3 objects, 1e-4 parts).
+    """
+    etas = {**DEFAULT_ETA, **(etas or {})}
+    tables = {}
+    for kind in kinds:
+        labs = [Lab(replace(setup, kind=kind, data_seed=s), cache_dir) for s in (dev_seed, test_seed)]
+        for baseline in baselines:
+            def sweep(n, noise):
+                return Sweep(baselines=(baseline,), etas=(etas[kind],), seeds=tuple(noise), episodes=n, steps=steps)
+
+            tables[(baseline, kind)] = (labs[0].sweep(sweep(n_dev, seeds[:1]), progress),
+                                        labs[1].sweep(sweep(n_test, seeds), progress))
+    return tables
 
 
 # ---------------------------------------------------------------- headline numbers

@@ -25,6 +25,10 @@ Profiles (tiny backend, baselines PerSAM-F and Matcher):
 - ``full``: 24 episodes, eta in {1e-2, 1e-3, 1e-4, 1e-5}, T = 5, seeds 0-2.
   Budget 30 minutes on a 2-core CPU; estimated ~21 minutes under the same
   contention from measured per-trajectory costs (the run itself was not completed).
+- 07_selector_study takes its own episode counts (:data:`NOTEBOOK_PROFILES`): smoke 4 development
+  + 6 test episodes per cell (169 s measured), full 100 + 300 per cell at each kind's
+  default eta, the issue's protocol: ~12 hours on the 2-core CPU (estimated from ~10 s per
+  trajectory), outside the 30-minute budget; run it alone (``--only 07``) where time allows.
 
 GPU, official SAM (``--backend sam``; not run here, no GPU was available): pass
 ``-p checkpoint /path/sam_vit_b_01ec64.pth`` (``-p model_type vit_l`` etc. for other sizes),
@@ -71,7 +75,14 @@ FIGURES = {
     "04_oracle_vs_top1": ("04_bto", "04_scatter", "04_misses"),
     "05_drift_vs_noise": ("05_regimes", "05_regime_steps", "05_norms"),
     "06_main_results": ("06_main_results",),
+    "07_selector_study": ("07_closure", "07_tau", "07_misses"),
     "08_gradient_direction": ("08_direction_norm", "08_direction_vs_random", "08_push", "08_adaptive"),
+}
+# A notebook's own values on top of a profile: the selector study reports on many more test
+# episodes than the sweeps (the protocol: >= 300 x 3 seeds per cell), at each kind's eta.
+NOTEBOOK_PROFILES = {
+    "07_selector_study": {"smoke": {"n_episodes": 6, "n_dev_episodes": 4, "etas": None},
+                          "full": {"n_episodes": 300, "n_dev_episodes": 100, "etas": None}},
 }
 
 
@@ -177,7 +188,8 @@ def run(args) -> int:
     seconds = {}
     with kernel_environment():
         for name in names:
-            parameters = {k: v for k, v in wanted.items() if k in declared[name]}
+            own = {**wanted, **NOTEBOOK_PROFILES.get(name, {}).get(args.profile, {}), **overrides}
+            parameters = {k: v for k, v in own.items() if k in declared[name]}
             executed = build_dir / f"{name}.ipynb"
             print(f"[figures] {name} ...", file=sys.stderr, flush=True)
             start = time.perf_counter()

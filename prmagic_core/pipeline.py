@@ -23,7 +23,7 @@ from .flow import FlowConfig
 from .models.encoding import Encoder
 from .presets import Preset, get_preset
 from .refine import DecodeMemo, Trajectory, refine
-from .select import Selection, oracle, select
+from .select import SELECTORS, Selection, choose, oracle, rule, select
 from .timing import clock
 
 
@@ -61,14 +61,24 @@ def selector_encoder(prompter: Prompter, encoder: Encoder, selector: str, preset
 
 
 def select_final(selector: str, trajectory: Trajectory, prompter: Prompter, encoder: Encoder, episode: Episode,
-                 preset: Preset | str | None = None) -> Selection:
+                 preset: Preset | str | None = None, seed: int = 0) -> Selection:
     """``selector``'s pick among the trajectory's candidates as ``preset`` has it: the masks and
-    terms the decodes handed over (SelectorEvidence), the support's first shot or all, the encoder."""
+    terms the decodes handed over (SelectorEvidence), the support's first shot or all, the encoder.
+
+    The release's selectors (:data:`~prmagic_core.select.SELECTORS`) score as the preset says;
+    any other selector of :data:`~prmagic_core.select.FAMILY` applies its own rule (its constants'
+    defaults; the random reference draws from ``seed``) on the same support and encoder.
+    """
     preset = get_preset(preset)
     shots = 1 if preset.selector_support == "first" else len(episode.support_images)
-    return select(selector, trajectory.candidates, selector_encoder(prompter, encoder, selector, preset),
-                  prompter.query, episode.support_images[:shots], episode.support_masks[:shots],
-                  evidence=trajectory.evidence, alpha_s=preset.alpha_s, beta_s=preset.beta_s)
+    chosen_encoder = selector_encoder(prompter, encoder, selector, preset)
+    support = episode.support_images[:shots], episode.support_masks[:shots]
+    if selector in SELECTORS:
+        return select(selector, trajectory.candidates, chosen_encoder, prompter.query, *support,
+                      evidence=trajectory.evidence, alpha_s=preset.alpha_s, beta_s=preset.beta_s)
+    constants = {"seed": seed} if "seed" in rule(selector).constants else {}
+    return choose(selector, trajectory, chosen_encoder, prompter.query, *support, truth=episode.query_mask,
+                  **constants)
 
 
 def prepare_episode(baseline: Baseline, encoder: Encoder, episode: Episode) -> Prompter:
@@ -113,7 +123,7 @@ def run_prepared(prompter: Prompter, encoder: Encoder, episode: Episode, steps: 
     t1 = clock(encoder.device)
     trajectory = refine(prompter, steps, flow, generator, resampling or preset.resampling, memo)
     t2 = clock(encoder.device)
-    chosen = select_final(selector, trajectory, prompter, encoder, episode, preset)
+    chosen = select_final(selector, trajectory, prompter, encoder, episode, preset, seed)
     t3 = clock(encoder.device)
     best = oracle(trajectory.candidates, episode.query_mask) if episode.query_mask is not None else None
     return EpisodeResult(

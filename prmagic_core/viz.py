@@ -420,6 +420,45 @@ def main_results_figure(results: pd.DataFrame, metrics=("miou", "mean_iou"), lab
     return bto_figure(pd.DataFrame(long), metrics=metrics, labels=labels, by="row")
 
 
+FAMILY_COLOURS = {"release": "#1f77b4", "fork": "#ff7f0e", "ours": "#2ca02c", "reference": "#7f7f7f"}
+
+
+def _cells_grid(frame: pd.DataFrame, width: float = 4.6, height: float = 3.6):
+    cells = list(dict.fromkeys(frame.cell))
+    cols = min(2, len(cells))
+    rows = -(-len(cells) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.flat[len(cells):]:
+        ax.axis("off")
+    return fig, list(zip(cells, axes.flat))
+
+
+def closure_figure(frame: pd.DataFrame, closure_goal: float = 0.5, non_degradation_goal: float = 0.95):
+    """Per cell: each selector a point at (non-degradation, oracle-gap closure) with 95% intervals,
+    coloured by family; the shaded corner is the goal. ``frame``: study.summary_frame rows with ``cell``."""
+    fig, cells = _cells_grid(frame)
+    for cell, ax in cells:
+        rows = frame[(frame.cell == cell) & (frame.family != "reference")]
+        for r in rows.itertuples():
+            colour = FAMILY_COLOURS[r.family]
+            ax.errorbar(r.non_degradation, r.closure, xerr=[[r.non_degradation - r.non_degradation_low],
+                                                            [r.non_degradation_high - r.non_degradation]],
+                        yerr=[[r.closure - r.closure_low], [r.closure_high - r.closure]], fmt="o", color=colour,
+                        ms=4, lw=0.8, alpha=0.85)
+            ax.annotate(r.selector, (r.non_degradation, r.closure), fontsize=6, xytext=(3, 2), textcoords="offset points")
+        ax.fill_between([non_degradation_goal, 1.0], closure_goal, 1.0, color="#2ca02c", alpha=0.12, lw=0)
+        ax.axhline(0, color="#7f7f7f", lw=0.8, ls="--")
+        low, high = ax.get_ylim()
+        ax.set_ylim(max(low, -2.0), max(high, 1.05))  # a tiny oracle gap makes closures explode; the goal is in [0.5, 1]
+        ax.set_xlabel("non-degradation rate (IoU >= B's)")
+        ax.set_ylabel("oracle-gap closure vs the release")
+        ax.set_title(cell, fontsize=9)
+    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=f) for f, c in FAMILY_COLOURS.items() if f != "reference"]
+    cells[0][1].legend(handles=handles, fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
 def intervals_vs_norm_figure(frame: pd.DataFrame, panel: str = "contrast", hue: str = "arm", row: str = "baseline",
                              marks: dict | None = None, labels: dict | None = None):
     """Means with 95% interval bands against the step's L2 norm (log scale): one column per ``panel``
@@ -447,6 +486,23 @@ def intervals_vs_norm_figure(frame: pd.DataFrame, panel: str = "contrast", hue: 
             ax.set_title(f"{r}: {labels.get(p, p)}", fontsize=9)
             ax.set_xlabel("L2 norm of one step" if i == len(rows) - 1 else "")
     axes[0, -1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def tau_figure(frame: pd.DataFrame):
+    """Per cell: each selector's mean within-trajectory Kendall tau between its score and the candidates'
+    IoU, with 95% intervals (0: the score says nothing about which candidate is better)."""
+    fig, cells = _cells_grid(frame, height=4.2)
+    for cell, ax in cells:
+        rows = frame[(frame.cell == cell) & (frame.selector != "oracle")].sort_values("tau")
+        y = np.arange(len(rows))
+        ax.barh(y, rows.tau, xerr=[rows.tau - rows.tau_low, rows.tau_high - rows.tau],
+                color=[FAMILY_COLOURS[f] for f in rows.family], alpha=0.85, error_kw={"lw": 0.8})
+        ax.set_yticks(y, rows.selector, fontsize=7)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_xlabel("Kendall tau, score vs IoU (within trajectory)")
+        ax.set_title(cell, fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -237,3 +237,18 @@ def test_shapeworld_episodes_come_at_the_image_size_from_the_fold(tmp_path):
     code, _, err = run_cli("evaluate", "--backend", "tiny", "--baseline", "matcher", "--matching-encoder",
                            "dino-tiny", "--episodes", "1", "--image-size", "64", "--fold", "3", "--device", "cpu")
     assert code == 2 and "base classes" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("selector", ["guarded", "vote", "oracle", "random"])
+def test_evaluate_takes_any_selector_of_the_family(selector):
+    run = ["evaluate", "--backend", "tiny", "--baseline", "persam", "--episodes", "2", "--steps", "2", "--eta", "0.5",
+           "--device", "cpu", "--selector", selector, "--json"]
+    code, summary, _ = run_cli(*run)
+    assert code == 0 and summary["settings"]["selector"] == selector and summary["episodes"] == 2
+    if selector == "oracle":
+        assert summary["top1_miou"] == summary["oracle_miou"]
+
+
+def test_an_unknown_selector_is_one_line():
+    code, _, err = run_cli("evaluate", "--selector", "best-of-all", "--episodes", "1")
+    assert code == 2 and "selector must be one of" in err and len(err.strip().splitlines()) == 1

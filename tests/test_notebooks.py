@@ -123,11 +123,15 @@ def test_walkthrough_shows_every_step_of_the_method_in_its_own_cell():
 def test_profiles_only_set_declared_parameters():
     import papermill
 
-    declared = set()
+    declared, own = set(), {}
     for name in figures.FIGURES:
-        declared |= set(papermill.inspect_notebook(str(NOTEBOOKS / f"{name}.ipynb")))
+        own[name] = set(papermill.inspect_notebook(str(NOTEBOOKS / f"{name}.ipynb")))
+        declared |= own[name]
     for profile, parameters in figures.PROFILES.items():
         assert set(parameters) <= declared, profile
+    for name, profiles in figures.NOTEBOOK_PROFILES.items():
+        for profile, parameters in profiles.items():
+            assert profile in figures.PROFILES and set(parameters) <= own[name], (name, profile)
 
 
 def test_only_selects_by_name_or_number():

@@ -128,3 +128,108 @@ def test_batched_cached_selection_equals_the_simple_path(random_tiny, episode, n
     scores = [float(torch.dot(_one_by_one(name, simple, episode.query_image, m), support)) for m in candidates]
     np.testing.assert_allclose(chosen.scores, scores, rtol=0, atol=1e-5)
     assert chosen.index == int(np.argmax(scores))
+
+
+# ---------------------------------------------------------------- the family (rules over signals)
+
+from prmagic_core.select import FAMILY, apply, choose, fork_ranks  # noqa: E402
+
+
+def _signals(**columns):
+    k = len(next(iter(columns.values())))
+    base = {"masked-image": np.zeros(k), "iou_prediction": np.zeros(k), "stability": np.zeros(k),
+            "margin": np.zeros(k), "step": np.arange(k)}
+    return {**base, **{key.replace("_image", "-image"): np.asarray(v, float) for key, v in columns.items()}}
+
+
+def test_fork_ranks_break_ties_by_order():
+    ranks = fork_ranks(_signals(masked_image=[0.5, 0.9, 0.9], iou_prediction=[3, 2, 1]))
+    np.testing.assert_allclose(ranks[0], [0.0, 1.0, 0.5])  # the tie 0.9 / 0.9: the earlier ranks higher
+    np.testing.assert_allclose(ranks[1], [1.0, 0.5, 0.0])
+
+
+def test_release_rule_adds_confidence_and_margin():
+    s = _signals(masked_image=[0.90, 0.91, 0.80], iou_prediction=[0.9, 0.5, 0.9], margin=[0.5, 0.5, 0.9])
+    assert apply("masked-image", s).index == 1
+    chosen = apply("masked-image-iou-margin", s)
+    np.testing.assert_allclose(chosen.scores, [0.9 + 0.225 + 0.05, 0.91 + 0.125 + 0.05, 0.8 + 0.225 + 0.09])
+    assert chosen.index == 0
+    assert apply("masked-image", s, alpha_s=1.0).index == 0
+
+
+def test_guarded_falls_back_when_the_pick_loses_similarity_or_margin():
+    better = _signals(masked_image=[0.90, 0.95], margin=[0.5, 0.6])
+    assert (apply("guarded", better).index, apply("guarded", better).fallback) == (1, False)
+    worse_margin = _signals(masked_image=[0.90, 0.99], margin=[0.5, 0.4])
+    chosen = apply("guarded", worse_margin)
+    assert (chosen.index, chosen.fallback) == (0, True)
+    assert apply("masked-image-iou-margin", worse_margin).index == 1
+
+
+def test_rank_rules_and_their_fallback():
+    # candidate 2 first on three criteria: consensus, rank-sum and median-rank agree on it
+    s = _signals(masked_image=[0.1, 0.2, 0.3], iou_prediction=[0.1, 0.2, 0.3], margin=[0.1, 0.2, 0.3],
+                 stability=[1.0, 0.5, 0.2])
+    for name in ("rank-sum", "median-rank", "consensus"):
+        assert apply(name, s).index == 2, name
+    # candidate 1 wins the mean rank by one criterion only and loses to 0 on three: falls back
+    s = _signals(masked_image=[0.0, 0.9, 0.5, 0.4, 0.3], iou_prediction=[0.9, 0.8, 0.1, 0.2, 0.3],
+                 stability=[1.0, 0.9, 0.1, 0.2, 0.3], margin=[0.9, 0.8, 0.1, 0.2, 0.3])
+    ranks = fork_ranks(s)
+    assert int(np.argmax(ranks.mean(axis=0))) == 1 and int(np.sum(ranks[:, 1] >= ranks[:, 0])) == 1
+    chosen = apply("rank-sum", s)
+    assert (chosen.index, chosen.fallback) == (0, True)
+
+
+def test_consensus_needs_three_votes_else_median_rank():
+    s = _signals(masked_image=[0.1, 0.9, 0.2], iou_prediction=[0.1, 0.2, 0.9], margin=[0.9, 0.5, 0.1],
+                 stability=[0.5, 0.9, 0.1])
+    votes = np.bincount(np.argmax(fork_ranks(s), axis=1), minlength=3)
+    assert votes.max() < 3
+    assert apply("consensus", s).index == apply("median-rank", s).index
+
+
+def test_own_rules_switch_only_past_delta():
+    s = {"vote": np.array([0.90, 0.95, 0.92]), "step": np.arange(3)}
+    assert apply("vote", s).index == 1
+    chosen = apply("vote", s, delta=0.1)
+    assert (chosen.index, chosen.fallback) == (0, True)
+
+
+def test_references_and_bad_arguments():
+    s = _signals(masked_image=[0.1, 0.2, 0.3])
+    s["iou"] = np.array([0.2, 0.7, 0.4])
+    assert apply("oracle", s).index == 1
+    assert apply("fixed-step", s, step=2).index == 2 and apply("fixed-step", s, step=9).index == 2
+    assert apply("random", s, seed=3).index == apply("random", s, seed=3).index
+    assert {apply("random", s, seed=k).index for k in range(40)} == {0, 1, 2}
+    with pytest.raises(ValueError, match="no constant"):
+        apply("vote", {"vote": np.zeros(2)}, alpha_s=1.0)
+    with pytest.raises(ValueError, match="needs the signal"):
+        apply("vote", s)
+    with pytest.raises(ValueError, match="selector must be one of"):
+        apply("best", s)
+
+
+def test_choose_on_a_live_trajectory_counts_the_passes_it_spends(random_tiny, episode):
+    from prmagic_core.baselines import PerSAM
+    from prmagic_core.flow import FlowConfig
+    from prmagic_core.refine import refine
+
+    encoder = Encoder(random_tiny)
+    prompter = PerSAM().prepare(encoder, episode.support_images, episode.support_masks, episode.query_image)
+    trajectory = refine(prompter, steps=3, flow=FlowConfig(eta=0.5, gamma=0.5))
+    assert all(s.evidence.iou_prediction is not None for s in trajectory.steps)
+    for name in FAMILY:
+        before = encoder.passes
+        chosen = choose(name, trajectory, encoder, prompter.query, episode.support_images, episode.support_masks,
+                        truth=episode.query_mask)
+        assert 0 <= chosen.index < 4 and len(chosen.scores) == 4
+        if name in ("masked-image", "crop-pool"):  # the first run of each re-encoding: nothing cached yet
+            assert chosen.passes == encoder.passes - before > 0
+            assert chosen.index == select(name, trajectory.candidates, encoder, prompter.query,
+                                          episode.support_images, episode.support_masks).index
+        if FAMILY[name].family == "ours":
+            assert chosen.passes == 0 and encoder.passes == before
+    with pytest.raises(ValueError, match="ground-truth"):
+        choose("oracle", trajectory, encoder, prompter.query, episode.support_images, episode.support_masks)
