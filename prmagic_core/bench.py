@@ -28,7 +28,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--backend", default="tiny", choices=["tiny", "sam"])
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--model-type", default="vit_b", choices=["vit_b", "vit_l", "vit_h"])
-    parser.add_argument("--baseline", default="persam_f", choices=["persam", "persam_f"])
+    parser.add_argument("--baseline", default="persam_f", choices=["persam", "persam_f", "gfsam"])
     parser.add_argument("--episodes", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)

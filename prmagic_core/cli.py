@@ -135,6 +135,10 @@ def cmd_evaluate(args) -> int:
         elif args.baseline == "matcher":
             baseline_settings = {"matcher_variant": args.matcher_variant, "matcher_preset": baseline.preset.name,
                                  "dinov2_checkpoint": str(args.dinov2_checkpoint or "")}
+        elif args.baseline == "gfsam":
+            baseline_settings = {"matcher_variant": args.matcher_variant,
+                                 "dinov2_checkpoint": str(args.dinov2_checkpoint or ""),
+                                 "matching_features": baseline.features(Encoder(sam)).name}
         limit = min(len(episodes), args.episodes or len(episodes))
         settings = dict(
             baseline=args.baseline, backend=args.backend, model_type=model_type,
@@ -200,11 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate_tiny)
 
     p = sub.add_parser("evaluate", help="B / T / O of a baseline with PR-MaGIC over episodes")
-    p.add_argument("--baseline", default="persam_f", choices=["persam", "persam_f", "matcher"])
+    p.add_argument("--baseline", default="persam_f", choices=["persam", "persam_f", "matcher", "gfsam"])
     p.add_argument("--matcher-variant", default="released", choices=["released", "transport"],
-                   help="how the SAM-space step reaches Matcher's matching features")
+                   help="how the SAM-space step reaches Matcher's (and GF-SAM's) matching features")
     p.add_argument("--dinov2-checkpoint", default=None,
-                   help="Matcher on the sam backend: a local DINOv2 ViT-L/14 checkpoint (pip install '.[matcher-sam]')")
+                   help="Matcher / GF-SAM on the sam backend: a local DINOv2 ViT-L/14 checkpoint "
+                        "(pip install '.[matcher-sam]')")
     p.add_argument("--backend", default="tiny", choices=["tiny", "sam"])
     p.add_argument("--checkpoint", default=None, help="official SAM checkpoint (sam backend)")
     p.add_argument("--model-type", default="vit_b", choices=["vit_b", "vit_l", "vit_h"])

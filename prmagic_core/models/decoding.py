@@ -62,11 +62,7 @@ def decode(
     device = embedding.device
     points = None
     if prompts is not None:
-        coords = transform.apply_coords(prompts.coords, encoded.original_size)
-        points = (
-            torch.as_tensor(coords, dtype=torch.float32, device=device)[None],
-            torch.as_tensor(prompts.labels, dtype=torch.float32, device=device)[None],
-        )
+        points = _point_tensors(sam, encoded, prompts.coords[None], prompts.labels[None], device)
     boxes = None
     if box is not None:
         boxes = torch.as_tensor(transform.apply_boxes(np.asarray(box, dtype=np.float64)[None], encoded.original_size),
@@ -81,6 +77,36 @@ def decode(
         multimask_output=multimask,
     )
     return Decoded(logits[0], iou[0])
+
+
+def _point_tensors(sam: Sam, encoded: Encoded, coords: np.ndarray, labels: np.ndarray, device) -> tuple:
+    """(coords (B, N, 2) in SAM's input frame, labels (B, N)) from original-frame (x, y) points."""
+    transform = ResizeLongestSide(sam.image_encoder.img_size)
+    moved = transform.apply_coords(np.asarray(coords, dtype=np.float64), encoded.original_size)
+    return (torch.as_tensor(moved, dtype=torch.float32, device=device),
+            torch.as_tensor(labels, dtype=torch.float32, device=device))
+
+
+def decode_each_point(sam: Sam, embedding: torch.Tensor, encoded: Encoded, coords: np.ndarray,
+                      batch: int = 64) -> Decoded:
+    """One single-output decode per positive point (N, 2) on ``embedding``, ``batch`` points per
+    decoder call: logits (N, h', w') and IoU predictions (N,), in the order of ``coords``."""
+    coords = np.asarray(coords, dtype=np.float64).reshape(-1, 1, 2)
+    logits, iou = [], []
+    for start in range(0, len(coords), batch):
+        chunk = coords[start : start + batch]
+        points = _point_tensors(sam, encoded, chunk, np.ones(chunk.shape[:2]), embedding.device)
+        sparse, dense = sam.prompt_encoder(points=points, boxes=None, masks=None)
+        chunk_logits, chunk_iou = sam.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        logits.append(chunk_logits[:, 0])
+        iou.append(chunk_iou[:, 0])
+    return Decoded(torch.cat(logits), torch.cat(iou))
 
 
 def to_mask(low_res_logits: torch.Tensor, encoded: Encoded, threshold: float = 0.0) -> np.ndarray:

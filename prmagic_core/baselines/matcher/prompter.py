@@ -51,14 +51,14 @@ from ...models.encoding import Encoded, Encoder, to_image_frame
 from ...models.tiny import TINY_CONFIG
 from ...timing import timed
 from ..base import Baseline, Prompter
-from .features import Dinov2Features, SamFeatures
+from .features import MatchingEncoder
 from .grid import TokenGrid, normalised_cells
 from .matching import bidirectional_match
 from .presets import MatcherPreset, get_preset
 from .sampling import kmeans_centres, prompt_subsets
 from .scoring import Metrics, coverage, emd_score, merge_choice, passing_metric_filters, passing_sam_filters, \
     points_inside, purity
-from .steps import VARIANTS, ReleasedStep, TransportStep
+from .steps import ReleasedStep, TransportStep, check_variant
 
 REMEMBERED_MATCHINGS = 4  # similarity maps whose matching stays available to sample_prompts
 MASK_CHUNK = 64  # candidates brought to full resolution at once
@@ -87,12 +87,6 @@ class MatcherPrompts(Prompts):
         box = b"" if self.box is None else np.asarray(self.box, dtype=np.float64).tobytes()
         evidence = b"" if self.evidence is None else self.evidence.points.tobytes() + self.evidence.cost.tobytes()
         return b"#".join((super().fingerprint(), subsets, box, evidence))
-
-
-def check_variant(variant: str) -> str:
-    if variant not in VARIANTS:
-        raise ValueError(f"Matcher variant must be one of {VARIANTS}, got {variant!r}")
-    return variant
 
 
 class MatcherPrompter(Prompter):
@@ -239,19 +233,7 @@ class Matcher(Baseline):
         self.preset = get_preset(preset) if isinstance(preset, str) else preset
         self.variant = check_variant(variant)
         self.dinov2_checkpoint = dinov2_checkpoint
-        self._features = None
-
-    def features(self, encoder: Encoder):
-        if self._features is None:
-            if self.dinov2_checkpoint is not None:
-                from ...models.dinov2 import load_dinov2
-
-                self._features = Dinov2Features(load_dinov2(self.dinov2_checkpoint, str(encoder.device)))
-            elif encoder.sam.image_encoder.img_size != TINY_CONFIG["img_size"]:
-                raise ValueError("Matcher on official SAM matches with DINOv2 ViT-L/14: give dinov2_checkpoint")
-            else:
-                self._features = SamFeatures()
-        return self._features
+        self.features = MatchingEncoder(dinov2_checkpoint, "Matcher")
 
     def prepare(self, encoder: Encoder, support_images, support_masks, query_image: np.ndarray) -> MatcherPrompter:
         *supports, query = encoder.encode_many([*support_images, query_image])
