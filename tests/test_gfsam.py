@@ -339,3 +339,17 @@ def test_random_vit_b_and_dinov2_round_trip_on_a_photo_episode(tmp_path, monkeyp
     assert result.trajectory.steps[0].gradient.shape == (1, 256, 64, 64)
     assert np.isfinite(result.trajectory.steps[0].d_phi)
     assert encoder.passes == 2
+
+
+@pytest.mark.slow
+def test_evaluate_runs_gfsam_on_a_benchmark_and_names_its_matching_features(tmp_path):
+    from test_evaluation import run_cli, write_fss
+
+    root = write_fss(tmp_path / "fss")
+    code, summary, _ = run_cli("evaluate", "--dataset", "fss", "--data-root", str(root), "--backend", "tiny",
+                               "--baseline", "gfsam", "--episodes", "1", "--steps", "0", "--selector", "pooled",
+                               "--json", "--device", "cpu")
+    assert code == 0 and (summary["episodes"], summary["failed_episodes"]) == (1, 0)
+    settings = summary["settings"]
+    assert (settings["baseline"], settings["matching_features"], settings["matcher_variant"]) == \
+        ("gfsam", "sam", "released")
