@@ -315,6 +315,7 @@ def test_random_vit_b_and_dinov2_round_trip_on_a_photo_episode(tmp_path, monkeyp
     import timm
     from segment_anything import sam_model_registry
 
+    from prmagic_core.baselines.gfsam import graph
     from prmagic_core.data.folder import load_episodes
     from prmagic_core.models import dinov2
     from prmagic_core.models.loading import load_sam
@@ -327,6 +328,7 @@ def test_random_vit_b_and_dinov2_round_trip_on_a_photo_episode(tmp_path, monkeyp
     reference = timm.create_model(small, pretrained=False, img_size=126, num_classes=0)
     torch.save(dict(reference.state_dict(), mask_token=torch.zeros(1, reference.embed_dim)), tmp_path / "dino.pth")
     monkeypatch.setattr(dinov2, "load_dinov2", partial(dinov2.load_dinov2, architecture=small, img_size=126))
+    monkeypatch.setattr(graph, "MAX_POINTS", 8)  # vit_b's decoder on 128 points is minutes on a CPU
 
     sam = load_sam("vit_b", tmp_path / "sam_vit_b.pth")
     episode = load_episodes(SAMPLES)[0]
@@ -334,7 +336,7 @@ def test_random_vit_b_and_dinov2_round_trip_on_a_photo_episode(tmp_path, monkeyp
     baseline = make_baseline("gfsam", dinov2_checkpoint=tmp_path / "dino.pth")
     result = run_episode(baseline, encoder, episode, steps=1, flow=FlowConfig(eta=1e-3), selector="pooled")
     assert baseline.features(encoder).name == "dinov2"
-    assert len(result.candidates) == 2
+    assert len(result.candidates) == 2 and all(len(s.prompts.coords) <= 8 for s in result.trajectory.steps)
     assert all(m.shape == episode.query_image.shape[:2] for m in result.candidates)
     assert result.trajectory.steps[0].gradient.shape == (1, 256, 64, 64)
     assert np.isfinite(result.trajectory.steps[0].d_phi)
