@@ -343,7 +343,6 @@ def test_random_vit_b_and_dinov2_round_trip_on_a_photo_episode(tmp_path, monkeyp
     assert encoder.passes == 2
 
 
-@pytest.mark.slow
 def test_evaluate_runs_gfsam_on_a_benchmark_and_names_its_matching_features(tmp_path):
     from test_evaluation import run_cli, write_fss
 
