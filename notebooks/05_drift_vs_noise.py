@@ -31,7 +31,7 @@
 backend = "tiny"  # "tiny": SAM-Tiny on ShapeWorld; "sam": an official checkpoint on real data
 checkpoint = None  # path to sam_vit_{b,l,h}_*.pth (backend "sam"); None: the shipped SAM-Tiny weights
 model_type = "vit_b"
-dinov2_checkpoint = None  # DINOv2 ViT-L/14 weights for Matcher with backend "sam"
+dinov2_checkpoint = None  # DINOv2 ViT-L/14 weights for Matcher and GF-SAM with backend "sam"
 dataset = "shapeworld"  # or "folder", "fss", "coco", "lvis", "paco", "pascal_part", "dis5k"
 data_root = None
 n_episodes = 24
@@ -41,7 +41,7 @@ seeds = [0, 1, 2]
 device = "auto"
 out_dir = None  # figures + headline JSON; None: notebooks/build/figures (relative: from the repository)
 cache_dir = None  # result tables; None: notebooks/build/cache (relative: from the repository)
-baselines = ["persam_f", "matcher"]  # the paper's two; "persam" works too
+baselines = ["persam_f", "matcher"]  # the paper's two; "persam" and "gfsam" work too
 eta = None  # None: 1e-3 for objects, 1e-4 for parts
 gamma = 0.1
 selector = "masked-image"

@@ -45,7 +45,7 @@
 backend = "tiny"  # "tiny": SAM-Tiny on ShapeWorld; "sam": an official checkpoint on real data
 checkpoint = None  # path to sam_vit_{b,l,h}_*.pth (backend "sam"); None: the shipped SAM-Tiny weights
 model_type = "vit_b"
-dinov2_checkpoint = None  # DINOv2 ViT-L/14 weights for Matcher with backend "sam"
+dinov2_checkpoint = None  # DINOv2 ViT-L/14 weights for Matcher and GF-SAM with backend "sam"
 dataset = "shapeworld"
 data_root = None
 n_episodes = 300  # TEST episodes per cell (every number is reported on these)

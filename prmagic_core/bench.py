@@ -35,7 +35,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", default=None, help="official SAM checkpoint (sam backend)")
     parser.add_argument("--model-type", default="vit_b", choices=["vit_b", "vit_l", "vit_h"],
                         help="which official SAM --checkpoint is")
-    parser.add_argument("--baseline", default="persam_f", choices=["persam", "persam_f", "matcher"],
+    parser.add_argument("--baseline", default="persam_f", choices=["persam", "persam_f", "matcher", "gfsam"],
                         help="the baseline to time")
     parser.add_argument("--episodes", type=int, default=4, help="ShapeWorld episodes timed")
     parser.add_argument("--steps", type=int, default=5, help="refinement steps T")

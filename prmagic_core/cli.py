@@ -239,7 +239,11 @@ def cmd_evaluate(args) -> int:
         elif args.baseline == "matcher":
             baseline_settings = {"matcher_variant": args.matcher_variant, "matcher_preset": baseline.preset.name,
                                  "dinov2_checkpoint": str(args.dinov2_checkpoint or ""),
-                                 "matching_encoder": baseline.matching_encoder(Encoder(sam)).name}
+                                 "matching_encoder": baseline.features(Encoder(sam)).name}
+        elif args.baseline == "gfsam":
+            baseline_settings = {"matcher_variant": args.matcher_variant,
+                                 "dinov2_checkpoint": str(args.dinov2_checkpoint or ""),
+                                 "matching_encoder": baseline.features(Encoder(sam)).name}
         limit = min(len(episodes), args.episodes or len(episodes))
         settings = dict(
             baseline=args.baseline, backend=args.backend, model_type=model_type,
@@ -360,14 +364,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate_dino_tiny)
 
     p = sub.add_parser("evaluate", help="B / T / O of a baseline with PR-MaGIC over episodes")
-    p.add_argument("--baseline", default="persam_f", choices=["persam", "persam_f", "matcher"],
+    p.add_argument("--baseline", default="persam_f", choices=["persam", "persam_f", "matcher", "gfsam"],
                    help="the few-shot segmenter PR-MaGIC wraps")
     p.add_argument("--matcher-variant", default="released", choices=["released", "transport"],
-                   help="how the SAM-space step reaches Matcher's matching features")
+                   help="how the SAM-space step reaches Matcher's (and GF-SAM's) matching features")
     p.add_argument("--matching-encoder", default=None, choices=["dino-tiny", "sam-tiny", "dinov2"],
-                   help="what Matcher matches with (default: dinov2 with --dinov2-checkpoint, else sam-tiny)")
+                   help="what Matcher and GF-SAM match with (default: dinov2 with --dinov2-checkpoint, else sam-tiny)")
     p.add_argument("--dinov2-checkpoint", default=None,
-                   help="Matcher on the sam backend: a local DINOv2 ViT-L/14 checkpoint")
+                   help="Matcher / GF-SAM on the sam backend: a local DINOv2 ViT-L/14 checkpoint")
     p.add_argument("--backend", default="tiny", choices=["tiny", "sam"],
                    help="tiny: the shipped SAM-Tiny (knows only ShapeWorld); sam: an official checkpoint")
     p.add_argument("--checkpoint", default=None, help="official SAM checkpoint (sam backend)")

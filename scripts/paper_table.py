@@ -47,7 +47,7 @@ from prmagic_core.metrics import METRIC_NAMES
 SEEDS = (42, 43, 44, 45, 46)
 EPISODE_SEED = 0
 ETA = {"object": 1e-3, "part": 1e-4}
-LABELS = {"persam": "PerSAM", "persam_f": "PerSAM-F", "matcher": "Matcher"}
+LABELS = {"persam": "PerSAM", "persam_f": "PerSAM-F", "matcher": "Matcher", "gfsam": "GF-SAM"}
 METRICS = ("miou", "fb_iou", "episode_fb_miou")
 # SPEC section 6: the paper's 1-shot mIoU %, B / T / O.
 PAPER = {
@@ -61,10 +61,12 @@ PAPER = {
 # the masked-image selector encodes up to 9 images (support, query, masked support, 6 masked
 # candidates); the rest is PerSAM-F's 1000-iteration mask-weight fit plus ~18 decoder calls and
 # 5 decoder backward passes (~1.5 s), and for Matcher its DINOv2 ViT-L/14 features and its
-# prompt-subset decoding at each of the 6 candidates (~5 s, a guess: measure it).
+# prompt-subset decoding at each of the 6 candidates (~5 s, a guess: measure it); GF-SAM decodes up
+# to 128 single-point prompts per candidate and back-propagates through its merged ones (~8 s, a guess).
 ENCODER_SECONDS, ENCODES_PER_EPISODE = 0.45, 9
 COST_MODEL = {"persam_f": ENCODES_PER_EPISODE * ENCODER_SECONDS + 1.5,
-              "matcher": ENCODES_PER_EPISODE * ENCODER_SECONDS + 5.0}
+              "matcher": ENCODES_PER_EPISODE * ENCODER_SECONDS + 5.0,
+              "gfsam": ENCODES_PER_EPISODE * ENCODER_SECONDS + 8.0}
 
 
 @dataclass(frozen=True)
@@ -297,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-root", default=None, help="folder with one subfolder per benchmark, named as --root")
     parser.add_argument("--root", action="append", default=[], metavar="NAME=PATH",
                         help=f"one benchmark's root; NAME in {', '.join(BENCHMARKS)}")
-    parser.add_argument("--baselines", nargs="+", default=None, help="default: persam_f, and matcher if it imports")
+    parser.add_argument("--baselines", nargs="+", default=None, help="default: persam_f, and matcher if it imports; gfsam too")
     parser.add_argument("--benchmarks", nargs="+", default=list(BENCHMARKS), choices=list(BENCHMARKS))
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     parser.add_argument("--episodes", type=int, default=None, help="at most this many per cell (smoke runs)")

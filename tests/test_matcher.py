@@ -279,7 +279,7 @@ def test_make_baseline_picks_the_task_preset_and_checks_names():
 def test_official_sam_without_dinov2_is_an_error():
     official = SimpleNamespace(sam=SimpleNamespace(image_encoder=SimpleNamespace(img_size=1024)))
     with pytest.raises(ValueError, match="DINOv2"):
-        Matcher().matching_encoder(official)
+        Matcher().features(official)
 
 
 SMALL_DINOV2 = "vit_small_patch14_dinov2.lvd142m"
@@ -364,9 +364,9 @@ def test_on_sam_tiny_matcher_matches_with_dino_tiny_by_name(random_tiny, two_epi
     episode = two_episodes[0]
     encoder = Encoder(random_tiny)
     few_subsets = dataclasses.replace(PRESETS["fss"], tiny_subsets_per_size=2)
-    assert Matcher(few_subsets).matching_encoder(encoder).name == "sam-tiny"  # until DINO-Tiny meets its bar
+    assert Matcher(few_subsets).features(encoder).name == "sam-tiny"  # until DINO-Tiny meets its bar
     matcher = Matcher(few_subsets, matching="dino-tiny")
-    assert matcher.matching_encoder(encoder).name == "dino-tiny"
+    assert matcher.features(encoder).name == "dino-tiny"
     prompter = matcher.prepare(encoder, episode.support_images, episode.support_masks, episode.query_image)
     assert prompter.query_tokens.tokens.shape == (64, 16, 16)
     step = 1e-2 * torch.randn_like(prompter.z0)  # released: SAM channel c onto DINO-Tiny channel c, 32x32 -> 16x16

@@ -318,10 +318,10 @@ def release_tokens(model, image):
 @pytest.fixture(scope="module")
 def dinov2_matcher(dinov2_large):
     from prmagic_core.baselines.matcher import Matcher
-    from prmagic_core.baselines.matcher.features import Dinov2Features
+    from prmagic_core.baselines.matcher.features import VitFeatures
 
     matcher = Matcher("launcher-fss")
-    matcher._features = Dinov2Features(dinov2_large)
+    matcher.features._features = VitFeatures(dinov2_large, "dinov2")  # as if loaded from a checkpoint
     return matcher
 
 

@@ -1,10 +1,11 @@
 """Baselines PR-MaGIC wraps, each behind the interface of :mod:`.base`."""
 from .base import Baseline, Prompter
 from ..presets import Preset, get_preset
+from .gfsam import GFSAM
 from .matcher import Matcher, settings_preset
 from .persam import PerSAM, PerSAMF
 
-BASELINES = ("persam", "persam_f", "matcher")
+BASELINES = ("persam", "persam_f", "matcher", "gfsam")
 # Prompt points per task, as in the paper (semantic / part segmentation).
 PERSAM_F_POINTS = {"object": 5, "part": 3}
 
@@ -21,7 +22,8 @@ def make_baseline(name: str, kind: str = "object", released_point_order: bool = 
                   matching_encoder: str | None = None) -> Baseline:
     """A baseline by name with the paper's per-task settings, behaving as the preset ``settings``
     (default ``release``) says; ``benchmark`` picks Matcher's per-benchmark settings (``matcher_preset``
-    names one outright; ``matching_encoder`` the features Matcher matches with)."""
+    names one outright; ``matching_encoder`` the features Matcher and GF-SAM match with; GF-SAM has one
+    setting for every task and takes ``variant`` and ``dinov2_checkpoint`` as Matcher does)."""
     settings = get_preset(settings)
     kind = task_kind(kind, benchmark, settings)
     if name == "persam":
@@ -32,7 +34,9 @@ def make_baseline(name: str, kind: str = "object", released_point_order: bool = 
     if name == "matcher":
         return Matcher(matcher_preset or settings_preset(settings.matcher_settings, kind, benchmark), variant=variant,
                        dinov2_checkpoint=dinov2_checkpoint, settings=settings, matching=matching_encoder)
+    if name == "gfsam":
+        return GFSAM(variant=variant, dinov2_checkpoint=dinov2_checkpoint, matching=matching_encoder)
     raise ValueError(f"unknown baseline {name!r}; expected one of {', '.join(BASELINES)}")
 
 
-__all__ = ["BASELINES", "Baseline", "Matcher", "PerSAM", "PerSAMF", "Prompter", "make_baseline", "task_kind"]
+__all__ = ["BASELINES", "Baseline", "GFSAM", "Matcher", "PerSAM", "PerSAMF", "Prompter", "make_baseline", "task_kind"]

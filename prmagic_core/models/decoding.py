@@ -101,6 +101,18 @@ def decode_many(
     return [Decoded(l, i) for l, i in zip(logits, iou)]
 
 
+def decode_each_point(sam: Sam, embedding: torch.Tensor, encoded: Encoded, coords: np.ndarray,
+                      batch: int = 64) -> Decoded:
+    """One single-output decode per positive point (N, 2) on ``embedding``, ``batch`` points per
+    decoder call: logits (N, h', w') and IoU predictions (N,), in the order of ``coords``."""
+    coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+    decoded = []
+    for start in range(0, len(coords), batch):
+        points = [Prompts(xy[None], np.ones(1)) for xy in coords[start:start + batch]]
+        decoded += decode_many(sam, embedding, encoded, points, multimask=False)
+    return Decoded(torch.stack([d.logits[0] for d in decoded]), torch.stack([d.iou[0] for d in decoded]))
+
+
 def to_mask(low_res_logits: torch.Tensor, encoded: Encoded, threshold: float = 0.0) -> np.ndarray:
     """Binary mask in the original image frame from low-res logits (h', w')."""
     return (to_image_frame(low_res_logits.detach(), encoded) > threshold).cpu().numpy()

@@ -89,21 +89,21 @@ def _dino_tiny(device: str):
     return load_dino_tiny(device=device)
 
 
-def matching_encoder_name(name: str | None, on_tiny: bool, dinov2_checkpoint=None) -> str:
+def matching_encoder_name(name: str | None, on_tiny: bool, dinov2_checkpoint=None, method: str = "Matcher") -> str:
     """``name``, or the default: ``dinov2`` when ``dinov2_checkpoint`` is given, else :data:`TINY_DEFAULT`
-    on SAM-Tiny; official SAM without a DINOv2 checkpoint is an error (that would not be Matcher)."""
+    on SAM-Tiny; official SAM without a DINOv2 checkpoint is an error (that would not be ``method``)."""
     if name is not None:
         return name
     if dinov2_checkpoint is None and not on_tiny:
-        raise ValueError("Matcher on official SAM matches with DINOv2 ViT-L/14: give dinov2_checkpoint")
+        raise ValueError(f"{method} on official SAM matches with DINOv2 ViT-L/14: give dinov2_checkpoint")
     return "dinov2" if dinov2_checkpoint is not None else TINY_DEFAULT
 
 
-def matching_encoder(name: str | None, encoder: Encoder, dinov2_checkpoint=None):
+def matching_encoder(name: str | None, encoder: Encoder, dinov2_checkpoint=None, method: str = "Matcher"):
     """The encoder a matching baseline matches with, for SAM ``encoder`` (``name`` None: the default
     of :func:`matching_encoder_name`)."""
     on_tiny = encoder.sam.image_encoder.img_size == TINY_CONFIG["img_size"]
-    name = matching_encoder_name(name, on_tiny, dinov2_checkpoint)
+    name = matching_encoder_name(name, on_tiny, dinov2_checkpoint, method)
     if name == "dinov2":
         if dinov2_checkpoint is None:
             raise ValueError("matching encoder dinov2 needs dinov2_checkpoint (a local DINOv2 ViT-L/14 file)")
@@ -117,3 +117,19 @@ def matching_encoder(name: str | None, encoder: Encoder, dinov2_checkpoint=None)
             raise ValueError("matching encoder sam-tiny needs the tiny backend")
         return SamFeatures()
     raise ValueError(f"matching encoder must be one of {MATCHING_ENCODERS}, got {name!r}")
+
+
+class MatchingEncoder:
+    """The matching encoder of one baseline object (Matcher, GF-SAM), chosen by name on first use
+    (:func:`matching_encoder`) and kept, so DINOv2 is loaded once."""
+
+    def __init__(self, name: str | None = None, dinov2_checkpoint=None, method: str = "Matcher"):
+        if name is not None and name not in MATCHING_ENCODERS:
+            raise ValueError(f"matching encoder must be one of {MATCHING_ENCODERS}, got {name!r}")
+        self.name, self.dinov2_checkpoint, self.method = name, dinov2_checkpoint, method
+        self._features = None
+
+    def __call__(self, encoder: Encoder):
+        if self._features is None:
+            self._features = matching_encoder(self.name, encoder, self.dinov2_checkpoint, self.method)
+        return self._features

@@ -56,7 +56,7 @@ from ...presets import Preset, get_preset
 from ...select import SelectorEvidence
 from ...timing import timed
 from ..base import Baseline, EmptySupportWarning, Prompter
-from .features import MATCHING_ENCODERS, matching_encoder
+from .features import MatchingEncoder
 from .grid import TokenGrid, centre_cell, normalised_cells
 from .matching import bidirectional_match
 from .presets import MatcherPreset
@@ -64,7 +64,7 @@ from .presets import get_preset as get_matcher_preset
 from .sampling import kmeans_centres, prompt_subsets
 from .scoring import Metrics, coverage, emd_score, merge_choice, passing_metric_filters, passing_sam_filters, \
     points_inside, purity
-from .steps import VARIANTS, ReleasedStep, TransportStep
+from .steps import ReleasedStep, TransportStep, check_variant
 
 REMEMBERED_MATCHINGS = 4  # similarity maps whose matching stays available to sample_prompts
 MASK_CHUNK = 64  # candidates brought to full resolution at once
@@ -93,12 +93,6 @@ class MatcherPrompts(Prompts):
         box = b"" if self.box is None else np.asarray(self.box, dtype=np.float64).tobytes()
         evidence = b"" if self.evidence is None else self.evidence.points.tobytes() + self.evidence.cost.tobytes()
         return b"#".join((super().fingerprint(), subsets, box, evidence))
-
-
-def check_variant(variant: str) -> str:
-    if variant not in VARIANTS:
-        raise ValueError(f"Matcher variant must be one of {VARIANTS}, got {variant!r}")
-    return variant
 
 
 class MatcherPrompter(Prompter):
@@ -291,23 +285,13 @@ class Matcher(Baseline):
         self.variant = check_variant(variant)
         self.dinov2_checkpoint = dinov2_checkpoint
         self.settings = get_preset(settings)
-        if matching is not None and matching not in MATCHING_ENCODERS:
-            raise ValueError(f"matching encoder must be one of {MATCHING_ENCODERS}, got {matching!r}")
-        self.matching = matching
-        self._matching_encoder = None
-
-    def matching_encoder(self, encoder: Encoder):
-        """The encoder Matcher matches with (loaded once): called on an :class:`Encoded` image it gives
-        the :class:`TokenGrid` of matching features; ``.selector_encoder(encoder)`` re-encodes for the selector."""
-        if self._matching_encoder is None:
-            self._matching_encoder = matching_encoder(self.matching, encoder, self.dinov2_checkpoint)
-        return self._matching_encoder
+        self.features = MatchingEncoder(matching, dinov2_checkpoint, "Matcher")
 
     def prepare(self, encoder: Encoder, support_images, support_masks, query_image: np.ndarray) -> MatcherPrompter:
         *supports, query = encoder.encode_many([*support_images, query_image])
         timings = {"features": 0.0, "matching": 0.0, "decoding": 0.0, "scoring": 0.0}
         with timed(timings, "features", encoder.device):
-            features = self.matching_encoder(encoder)
+            features = self.features(encoder)
             grids = [features(encoded) for encoded in (*supports, query)]
         on_tiny = encoder.sam.image_encoder.img_size == TINY_CONFIG["img_size"]
         cap = self.preset.tiny_subsets_per_size if on_tiny else None

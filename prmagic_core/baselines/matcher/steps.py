@@ -32,6 +32,12 @@ from .grid import TokenGrid
 VARIANTS = ("released", "transport")
 
 
+def check_variant(variant: str, method: str = "Matcher") -> str:
+    if variant not in VARIANTS:
+        raise ValueError(f"{method} variant must be one of {VARIANTS}, got {variant!r}")
+    return variant
+
+
 @dataclass(frozen=True)
 class ReleasedStep:
     """Resize to ``grid`` (h, w), zero-pad the channels up to ``channels``."""
