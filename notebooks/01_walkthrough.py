@@ -61,12 +61,13 @@ from IPython.display import Markdown, display
 
 from prmagic_core import experiments as ex, viz
 from prmagic_core.baselines import PERSAM_F_POINTS
-from prmagic_core.baselines.persam import (PerSAMFPrompter, band_prompts, encode_episode, fit_mask_weights,
-                                           similarity_map, support_target)
+from prmagic_core.baselines.persam import (PerSAMF, PerSAMFPrompter, encode_episode, fit_mask_weights,
+                                           prepared_target, similarity_map)
 from prmagic_core.evaluation import episode_seed
 from prmagic_core.figures import notebook_dirs
 from prmagic_core.flow import FlowConfig, d_phi, flow_step
 from prmagic_core.masks import iou
+from prmagic_core.presets import get_preset
 from prmagic_core.models.encoding import to_grid
 from prmagic_core.refine import refine
 from prmagic_core.select import SELECTORS, oracle, select
@@ -79,6 +80,7 @@ lab = ex.Lab(ex.Setup(backend=backend, checkpoint=checkpoint, model_type=model_t
 eta = ex.DEFAULT_ETA[lab.kind] if eta is None else eta
 seed = seeds[0]
 flow = FlowConfig(eta=eta, gamma=gamma, clip=clip)
+preset = get_preset("release")  # every component as the authors' code computes it (README: presets)
 settings = dict(backend=backend, checkpoint=checkpoint, model_type=lab.setup.sam_type, dataset=dataset, kind=lab.kind,
                 baseline="persam_f", episode_index=episode_index, steps=steps, eta=eta, gamma=gamma, clip=clip,
                 selector=selector, seed=seed, device=lab.device.type)
@@ -123,7 +125,7 @@ print(f"{z0.shape[1]} channels on a {query.grid[0]}x{query.grid[1]} grid; SAM's 
 # PerSAM-F pools them into one target feature: per channel the mean of (max, mean) over those cells.
 
 # %%
-target = support_target(supports, episode.support_masks, "maxmean")
+target = prepared_target(encoder, supports, episode.support_masks, "maxmean", preset)
 inside = to_grid(episode.support_masks[0], supports[0]) > 0
 print("support mask on the grid", tuple(inside.shape), f"({int(inside.sum())} cells inside) -> target feature",
       tuple(target.embedding.shape))
@@ -141,7 +143,7 @@ viz.show(fig)
 # image. Where it is high, the query looks like the support object.
 
 # %%
-S0 = similarity_map(target, z0, query)
+S0 = similarity_map(target, z0, query, preset.similarity_upsampling)
 print("S0", tuple(S0.shape), f"cosine from {S0.min():.3f} to {S0.max():.3f}")
 fig, ax = plt.subplots(figsize=(3.4, 3.4))
 ax.imshow(S0.cpu(), cmap="magma")
@@ -152,13 +154,15 @@ figures.save(fig, "similarity")
 # %% [markdown]
 # ## 5. PerSAM-F's one-off fit on the support
 #
-# PerSAM-F mixes SAM's three multimask outputs with weights fitted on the support image (it is
-# prompted there with its own top-1 point). This happens once per episode, before any refinement.
+# PerSAM-F mixes SAM's three multimask outputs with weights fitted on the support image (prompted
+# there, as the release does, with the top-1 point and band points of its own similarity map). This
+# happens once per episode, before any refinement.
 
 # %%
-weights, losses = fit_mask_weights(lab.sam, supports[0], episode.support_masks[0], target, iters=1000)
 points = PERSAM_F_POINTS[lab.kind]
-prompter = PerSAMFPrompter(lab.sam, target, query, weights, losses, points, released_point_order=False)
+fit = PerSAMF(points=points, settings=preset).fit_prompts(lab.sam, supports[0], target)
+weights, losses = fit_mask_weights(lab.sam, supports[0], episode.support_masks[0], fit, iters=1000)
+prompter = PerSAMFPrompter(lab.sam, target, query, weights, losses, points, preset, fit)
 print("mixing weights", tuple(weights.shape), np.round(weights.cpu().numpy(), 3),
       f"| loss {losses[0]:.3f} -> {losses[-1]:.3f} in {len(losses)} iterations")
 
@@ -167,8 +171,9 @@ print("mixing weights", tuple(weights.shape), np.round(weights.cpu().numpy(), 3)
 #
 # PR-MaGIC's PerSAM-F sampler: the top-1 point of $S_0$, then random points from two top quantile
 # bands (on a 128-px image those bands hold 1 and 2 pixels). The random choices come from one seed,
-# drawn from the episode's noise generator, and are reused at every step ("fixed" resampling), so
-# prompts move only where the similarity map moved.
+# drawn from the episode's noise generator, and are reused at every step ("fixed" resampling, so
+# prompts move only where the similarity map moved; the release re-draws them every step, "fresh",
+# which the loop below can do too).
 
 # %%
 generator = torch.Generator().manual_seed(episode_seed(seed, episode.name))  # as `prmagic evaluate` seeds it
@@ -176,7 +181,7 @@ prompt_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
 
 
 def draw(similarity):
-    return band_prompts(similarity, points, torch.Generator().manual_seed(prompt_seed))
+    return prompter.sample_prompts(similarity, torch.Generator().manual_seed(prompt_seed))
 
 
 P0 = draw(S0)
@@ -196,7 +201,7 @@ figures.save(fig, "prompts")
 
 # %%
 with torch.no_grad():
-    m0, logits0 = prompter.decode(z0, P0, S0)
+    m0, logits0, _ = prompter.decode(z0, P0, S0)
 print("mask m0", m0.shape, m0.dtype, "| low-res logits", tuple(logits0.shape), f"| IoU with the truth {iou(m0, episode.query_mask):.3f}")
 fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.2))
 viz.overlay(axes[0], episode.query_image, m0, P0, truth=episode.query_mask, title="m_0 (B)")
@@ -215,7 +220,7 @@ figures.save(fig, "decode")
 # %%
 z = z0.detach().clone().requires_grad_(True)
 with torch.enable_grad():
-    _, logits = prompter.decode(z, P0, S0)
+    _, logits, _ = prompter.decode(z, P0, S0)
     d = d_phi(logits, flow.reduction)
     (grad,) = torch.autograd.grad(d, z)
 d = float(d.detach())
@@ -245,10 +250,10 @@ print("delta1", tuple(delta1.shape), f"| drift norm {norms.drift:.3g}, noise nor
 # prompts; the new candidate $m_1$ is decoded from the *original* $z_0$ with $P_1$.
 
 # %%
-S1 = similarity_map(target, z0 + delta1, query)
+S1 = similarity_map(target, z0 + delta1, query, preset.similarity_upsampling)
 P1 = draw(S1)
 with torch.no_grad():
-    m1, _ = prompter.decode(z0, P1, S1)
+    m1, _, _ = prompter.decode(z0, P1, S1)
 moved = not np.array_equal(P0.coords, P1.coords)
 print("S1", tuple(S1.shape), f"| largest change of S {float((S1 - S0).abs().max()):.4f} | P1 (x, y) =",
       P1.coords.astype(int).tolist(), "(moved)" if moved else "(unchanged)",

@@ -110,7 +110,7 @@ def test_outputs_are_committed_only_where_they_help_a_reader(notebook):
 def test_walkthrough_shows_every_step_of_the_method_in_its_own_cell():
     """Each idea's call first appears in a cell of its own, in the method's order."""
     cells = [c.source for c in load("01_walkthrough").cells if c.cell_type == "code"]
-    ideas = ("encode_episode(", "support_target(", "similarity_map(target, z0", "band_prompts(", "prompter.decode(z0, P0",
+    ideas = ("encode_episode(", "prepared_target(", "similarity_map(target, z0", "sample_prompts(", "prompter.decode(z0, P0",
              "d_phi(", "flow_step(", "similarity_map(target, z0 + delta1", "refine(", "select(")
     first = []
     for call in ideas:
