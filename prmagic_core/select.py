@@ -67,11 +67,17 @@ class SelectorEvidence:
 
 
 def margin(logits: torch.Tensor, mask: np.ndarray, query: Encoded) -> float:
-    """Mean sigmoid of ``logits`` (in the image frame) inside ``mask`` minus outside; 0 if either is empty."""
+    """Mean sigmoid of low-res ``logits`` (brought to the image frame) inside ``mask`` minus outside;
+    0 if either is empty."""
+    return image_margin(to_image_frame(logits.detach(), query), mask)
+
+
+def image_margin(logits: torch.Tensor, mask: np.ndarray) -> float:
+    """:func:`margin` of logits already in the image frame (H, W)."""
     mask = np.asarray(mask, dtype=bool)
     if mask.all() or not mask.any():
         return 0.0
-    probability = torch.sigmoid(to_image_frame(logits.detach(), query))
+    probability = torch.sigmoid(logits.detach())
     inside = torch.as_tensor(mask, device=probability.device)
     return float(probability[inside].mean() - probability[~inside].mean())
 

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from .masks import box_of, iou
 from .models.encoding import Encoded, Encoder, to_grid
-from .select import _pool, margin, select
+from .select import _pool, image_margin, margin, select
 
 REENCODING = ("masked-image", "crop-pool")
 RELEASE = REENCODING + ("pooled",)  # select.py's cosines
@@ -55,6 +55,8 @@ def _margin(step, query: Encoded) -> float:
     evidence = step.evidence
     logits = step.logits if evidence is None or evidence.margin_logits is None else evidence.margin_logits
     mask = step.mask if evidence is None or evidence.mask is None else evidence.mask
+    if logits.dim() == 3:  # Matcher's merged masks' image-frame logits (the release's d_phi): their max is the union's
+        return image_margin(logits.max(0).values, mask)
     return margin(logits, mask, query)
 
 

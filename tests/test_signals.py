@@ -80,3 +80,16 @@ def test_decoder_signals_read_the_decodes_evidence():
     signals = candidate_signals(["iou_prediction", "margin"], trajectory, None, encoded, [], [])
     np.testing.assert_allclose(signals["iou_prediction"], [np.nan, 0.7, 0.4])
     np.testing.assert_allclose(signals["margin"], [1.0, -1.0, -1.0], atol=1e-4)
+
+
+def test_margin_of_merged_image_frame_logits_is_the_unions():
+    """Matcher under the release keeps the merged masks' image-frame logits (k, H, W): the margin
+    is read on their maximum, whose foreground is the union the candidate mask is."""
+    encoded, (left, right) = _two_region_episode()
+    merged = torch.full((2, *left.shape), -20.0)
+    merged[0][torch.as_tensor(left)] = 20.0
+    quiet = Step(left, merged.clone(), None, None)  # the second merged mask is empty: the union is the left half
+    merged[1][torch.as_tensor(right)] = 20.0
+    loud = Step(left, merged, None, None)  # the union covers the right half too, outside the candidate's mask
+    signals = candidate_signals(["margin"], Trajectory([quiet, loud]), None, encoded, [], [])
+    np.testing.assert_allclose(signals["margin"], [1.0, 0.0], atol=1e-4)
