@@ -384,11 +384,13 @@ def misses_figure(cases: list):
         ax.axis("off")
         ax.text(0.5, 0.5, "no trajectory where the selector missed the oracle", ha="center", va="center")
         return fig
-    labels = list(cases[0]["masks"])
-    fig, axes = plt.subplots(len(cases), len(labels), figsize=(2.6 * len(labels), 2.7 * len(cases)), squeeze=False)
+    width = max(len(case["masks"]) for case in cases)  # rows may come from different selectors
+    fig, axes = plt.subplots(len(cases), width, figsize=(2.6 * width, 2.7 * len(cases)), squeeze=False)
     colours = {"B": VARIANT_COLOURS["B"], "T": VARIANT_COLOURS["T"], "O": VARIANT_COLOURS["O"]}
     for row, case in zip(axes, cases):
-        for ax, label in zip(row, labels):
+        for ax in row[len(case["masks"]):]:
+            ax.axis("off")
+        for ax, label in zip(row, case["masks"]):
             overlay(ax, case["image"], case["masks"][label], prompts=case["prompts"].get(label), truth=case["truth"],
                     colour=colours.get(label[0], "#1f77b4"), title=f"{label}\n{case['titles'][label]}")
         row[0].set_ylabel(case["title"], fontsize=8)
