@@ -90,27 +90,28 @@ def _measure(meter: Meter, device, encoder, work) -> None:
 
 
 def _fit_seconds(sam, encoder, episode, reference: bool) -> dict:
-    """Seconds of PerSAM-F's weight fit on one episode's support; with ``reference`` also of the plain
-    autograd loop and of the fit with every pixel kept, and the largest weight difference to the plain loop."""
+    """Seconds of PerSAM-F's weight fit (the default preset's) on one episode's support; with ``reference``
+    also of the plain autograd loop and of the fit with every pixel kept, and the largest weight
+    difference to the plain loop."""
     import math
 
     import numpy as np
 
-    from .baselines import mixing_fit
-    from .baselines.persam import encode_episode, fit_mask_weights, similarity_map, support_target, top1_xy
+    from .baselines import make_baseline, mixing_fit
+    from .baselines.persam import encode_episode, fit_mask_weights, prepared_target
     from .models import decoding
-    from .models.decoding import Prompts
     from .models.encoding import to_image_frame
 
+    persam_f = make_baseline("persam_f")
     supports, _ = encode_episode(encoder, episode.support_images, episode.query_image)
-    target = support_target(supports, episode.support_masks, "maxmean")
+    target = prepared_target(encoder, supports, episode.support_masks, persam_f.prototype, persam_f.settings)
+    prompts = persam_f.fit_prompts(sam, supports[0], target)
     start = clock(encoder.device)
-    fit_mask_weights(sam, supports[0], episode.support_masks[0], target, 1000)
+    fit_mask_weights(sam, supports[0], episode.support_masks[0], prompts, 1000)
     times = {"persamf_fit_s": clock(encoder.device) - start}
     if not reference:
         return times
     # the fit's own inputs, as fit_mask_weights builds them
-    prompts = Prompts(top1_xy(similarity_map(target, supports[0].embedding, supports[0])), np.ones(1))
     with torch.no_grad():
         outputs = to_image_frame(decoding.decode(sam, supports[0].embedding, supports[0], prompts).logits, supports[0])
     truth = torch.as_tensor(np.asarray(episode.support_masks[0], dtype=bool))
