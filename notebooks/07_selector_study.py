@@ -48,6 +48,8 @@ model_type = "vit_b"
 dinov2_checkpoint = None  # DINOv2 ViT-L/14 weights for Matcher and GF-SAM with backend "sam"
 dataset = "shapeworld"
 data_root = None
+image_size = 512  # ShapeWorld's side in px (the release evaluates at 518; SAM-Tiny resizes to its 128)
+fold = 0  # ShapeWorld: episodes of this fold's NOVEL classes (None: every class); a benchmark's fold
 n_episodes = 300  # TEST episodes per cell (every number is reported on these)
 n_dev_episodes = 100  # development episodes per cell (constants are chosen on these)
 etas = None  # None: each kind's default (1e-3 objects, 1e-4 parts); a list: its first value for every kind
@@ -72,20 +74,16 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from prmagic_core import analysis as an, experiments as ex, study, viz
-from prmagic_core.baselines import BASELINES
-from prmagic_core.figures import notebook_dirs
+from prmagic_core.notebook import open_notebook
 
-out_dir, cache_dir = notebook_dirs(out_dir, cache_dir)  # absolute, whatever the working directory
-viz.use_style()
-figures = viz.FigureSet(out_dir, prefix=NOTEBOOK[:2])
-setup = ex.Setup(backend=backend, checkpoint=checkpoint, model_type=model_type, dinov2_checkpoint=dinov2_checkpoint,
-                 dataset=dataset, data_root=data_root, device=device)
-available = [b for b in baselines if b in BASELINES]
-settings = dict(backend=backend, checkpoint=checkpoint, model_type=setup.sam_type, dataset=dataset, kinds=kinds,
-                baselines=available, n_dev_episodes=n_dev_episodes, n_episodes=n_episodes,
-                dev_seed=dev_seed, test_seed=test_seed, steps=steps, seeds=seeds, floor=floor, n_boot=n_boot,
-                etas={k: ex.DEFAULT_ETA[k] if etas is None else etas[0] for k in kinds})
-tables = ex.study_tables(setup, available, kinds, n_dev_episodes, n_episodes, seeds, steps, dev_seed, test_seed,
+figures, lab, available, settings = open_notebook(
+    NOTEBOOK, backend=backend, checkpoint=checkpoint, model_type=model_type, dinov2_checkpoint=dinov2_checkpoint,
+    dataset=dataset, data_root=data_root, device=device, out_dir=out_dir, cache_dir=cache_dir, image_size=image_size,
+    fold=fold, baselines=baselines, kinds=kinds, n_dev_episodes=n_dev_episodes, n_episodes=n_episodes,
+    dev_seed=dev_seed, test_seed=test_seed, steps=steps, seeds=seeds, floor=floor, n_boot=n_boot,
+    etas={k: ex.DEFAULT_ETA[k] if etas is None else etas[0] for k in kinds})
+settings.pop("kind")  # the study covers every kind in `kinds`
+tables = ex.study_tables(lab.setup, available, kinds, n_dev_episodes, n_episodes, seeds, steps, dev_seed, test_seed,
                          cache_dir, settings["etas"])
 failed = {f"{b}/{k}": int(len(an.failures(dev)) + len(an.failures(test))) for (b, k), (dev, test) in tables.items()}
 

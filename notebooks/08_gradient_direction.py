@@ -38,6 +38,8 @@ model_type = "vit_b"
 dinov2_checkpoint = None  # DINOv2 ViT-L/14 weights for Matcher and GF-SAM with backend "sam"
 dataset = "shapeworld"  # or "folder", "fss", "coco", "lvis", "paco", "pascal_part", "dis5k"
 data_root = None
+image_size = 512  # ShapeWorld's side in px (the release evaluates at 518; SAM-Tiny resizes to its 128)
+fold = 0  # ShapeWorld: episodes of this fold's NOVEL classes (None: every class); a benchmark's fold
 n_episodes = 12
 etas = [1e-2, 1e-3, 1e-4, 1e-5]  # notebook 02's fixed etas, the adaptive steps' reference
 steps = 5
@@ -66,28 +68,18 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from prmagic_core import analysis as an, experiments as ex, viz
-from prmagic_core.baselines import BASELINES
-from prmagic_core.figures import notebook_dirs
+from prmagic_core.notebook import open_notebook
 from prmagic_core.presets import get_preset
 
-out_dir, cache_dir = notebook_dirs(out_dir, cache_dir)  # absolute, whatever the working directory
-viz.use_style()
-figures = viz.FigureSet(out_dir, prefix=NOTEBOOK[:2])
-setup = ex.Setup(backend=backend, checkpoint=checkpoint, model_type=model_type, dinov2_checkpoint=dinov2_checkpoint,
-                 dataset=dataset, data_root=data_root, device=device)
-lab = ex.Lab(setup, cache_dir)
-available = [b for b in baselines if b in BASELINES]
-skipped = [b for b in baselines if b not in BASELINES]
-settings = dict(backend=backend, checkpoint=checkpoint, model_type=setup.sam_type, dataset=dataset, kind=lab.kind,
-                n_episodes=n_episodes, etas=etas, steps=steps, seeds=seeds, baselines=available,
-                device=lab.device.type)
-if skipped:
-    display(Markdown(f"Not available in this installation, so left out: {', '.join(skipped)}."))
+figures, lab, available, settings = open_notebook(
+    NOTEBOOK, backend=backend, checkpoint=checkpoint, model_type=model_type, dinov2_checkpoint=dinov2_checkpoint,
+    dataset=dataset, data_root=data_root, device=device, out_dir=out_dir, cache_dir=cache_dir, image_size=image_size,
+    fold=fold, baselines=baselines, n_episodes=n_episodes, etas=etas, steps=steps, seeds=seeds)
 eta = ex.DEFAULT_ETA[lab.kind] if eta is None else eta
 policies = dict(zip(policies, policy_sizes))
 norms = an.step_norm_grid(eta, gamma, clip, lab.embedding_size, norms_between, norms_past)
 settings.update(eta=eta, gamma=gamma, clip=clip, selector=selector, arms=arms, norms=norms, policies=policies,
-                top_fraction=top_fraction, image_size=lab.image_size, resampling="fixed", grad_at="z0", preset=preset)
+                top_fraction=top_fraction, resampling="fixed", grad_at="z0", preset=preset)
 base = ex.Sweep(baselines=available, etas=[eta], seeds=seeds, episodes=n_episodes, steps=steps, clip=clip,
                 selectors=[selector], resampling="fixed", preset=preset)
 cells = {(arm, label): base.along(arm, norm) for arm in arms for label, norm in norms.items()}

@@ -73,8 +73,11 @@ DEFAULT_ETA = {"object": 1e-3, "part": 1e-4}
 class Setup:
     """The model and the data: what one lab (and every table it writes) is about.
 
-    ``backend="tiny"``: SAM-Tiny (shipped weights unless ``checkpoint``) on 128-px episodes;
+    ``backend="tiny"``: SAM-Tiny (shipped weights unless ``checkpoint``);
     ``backend="sam"``: an official checkpoint of ``model_type`` (``checkpoint`` required).
+    ``image_size``: ShapeWorld's side (None: the model's input side, 128 px for SAM-Tiny; the
+    release evaluates at 518, ``prmagic evaluate`` at 512); ``fold``: a benchmark's fold, and on
+    ShapeWorld the fold whose NOVEL classes the episodes pose (None: every class).
     ``dataset``: ``shapeworld`` (``kind`` object or part), ``folder`` (``data_root`` a folder of
     episodes) or a benchmark of :mod:`prmagic_core.data.benchmarks` (``data_root`` its root).
     ``dinov2_checkpoint``: DINOv2 ViT-L/14 weights for Matcher on official SAM.
@@ -90,7 +93,8 @@ class Setup:
     dataset: str = "shapeworld"
     data_root: str | None = None
     kind: str = "object"
-    fold: int = 0
+    fold: int | None = 0
+    image_size: int | None = None
     shots: int = 1
     data_seed: int = 0
     device: str = "auto"
@@ -367,13 +371,15 @@ class Lab:
     # -- data
     @property
     def image_size(self) -> int:
-        """ShapeWorld's side: the model's input side (128 for SAM-Tiny, 1024 for official SAM)."""
+        """ShapeWorld's side: ``Setup.image_size``, else the model's input side (128 SAM-Tiny, 1024 official SAM)."""
+        if self.setup.image_size is not None:
+            return self.setup.image_size
         return 128 if self.setup.backend == "tiny" else 1024
 
     def _source(self):
         s = self.setup
         if self._episodes is None and s.dataset != "shapeworld":
-            self._episodes = load_source(s.dataset, s.data_root, fold=s.fold, shots=s.shots, seed=s.data_seed)
+            self._episodes = load_source(s.dataset, s.data_root, fold=s.fold or 0, shots=s.shots, seed=s.data_seed)
         return self._episodes
 
     @property
@@ -390,7 +396,7 @@ class Lab:
             from .data import shapeworld
 
             s = self.setup
-            self._shapeworld[index] = shapeworld.episode(s.data_seed, index, s.kind, s.shots, self.image_size)
+            self._shapeworld[index] = shapeworld.episode(s.data_seed, index, s.kind, s.shots, self.image_size, s.fold)
         return self._shapeworld[index]
 
     def episode_ids(self, n: int) -> list:

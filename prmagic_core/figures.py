@@ -16,19 +16,18 @@ A profile is a set of papermill parameters; ``-p NAME VALUE`` overrides one (VAL
 a Python literal when it is one, else as a string); each notebook receives the parameters it
 declares.
 
-Profiles (tiny backend, baselines PerSAM-F and Matcher):
+Profiles (tiny backend, baselines PerSAM-F and Matcher, ShapeWorld episodes of fold 0's NOVEL classes):
 
-- ``smoke``: 6 episodes, eta in {1e-2, 1e-3}, T = 2, one seed, a shorter 2-D toy, and in 08 two
-  directions (gradient, random) at two norms (the paper's drift, the noise's).
-  Budget 5 minutes on a 2-core CPU; measured 94 s (2 cores shared
-  with a training job, niced, one thread).
-- ``full``: 24 episodes, eta in {1e-2, 1e-3, 1e-4, 1e-5}, T = 5, seeds 0-2.
-  Budget 30 minutes on a 2-core CPU; estimated ~21 minutes under the same
-  contention from measured per-trajectory costs (the run itself was not completed).
-- 07_selector_study takes its own episode counts (:data:`NOTEBOOK_PROFILES`): smoke 4 development
-  + 6 test episodes per cell (169 s measured), full 100 + 300 per cell at each kind's
-  default eta, the issue's protocol: ~12 hours on the 2-core CPU (estimated from ~10 s per
-  trajectory), outside the 30-minute budget; run it alone (``--only 07``) where time allows.
+- ``smoke``: 6 episodes at 128 px, eta in {1e-2, 1e-3}, T = 2, one seed, a shorter 2-D toy, and
+  in 08 two directions (gradient, random) at two norms (the paper's drift, the noise's); 07: 4
+  development + 6 test episodes per cell. Budget 5 minutes on a 2-core CPU (README: measured).
+- ``full``: the faithful world: 512-px episodes, eta in {1e-2, 1e-3, 1e-4, 1e-5}, T = 5, seeds 0-2;
+  the sweeps (02, 03, 05, 08) over 100 episodes, the headline B/T/O cells (04, 06) over 300,
+  07 over 100 development + 300 test episodes per cell. NOT run yet: from per-episode costs
+  measured at 512 px with one thread (PerSAM-F ~1.0 s to prepare + ~0.4 s per T = 5 trajectory,
+  Matcher ~2.8 s per trajectory; ``scripts/profile_trajectory.py``), it needs ~13 CPU hours,
+  ~6.5 hours on the 2 cores (08's direction x norm grid ~55%, 07 ~15%), against the 60-minute
+  target. The committed ``figures/`` come from the earlier 24-episode, 128-px, all-class profile.
 
 GPU, official SAM (``--backend sam``; not run here, no GPU was available): pass
 ``-p checkpoint /path/sam_vit_b_01ec64.pth`` (``-p model_type vit_l`` etc. for other sizes),
@@ -57,10 +56,11 @@ BUILD = REPO / "notebooks" / "build"
 COMMITTED_PROFILE = "full"  # the only profile whose figures land in <repo>/figures by default
 
 PROFILES = {
-    "smoke": {"n_episodes": 6, "etas": [1e-2, 1e-3], "steps": 2, "seeds": [0],
+    "smoke": {"n_episodes": 6, "etas": [1e-2, 1e-3], "steps": 2, "seeds": [0], "image_size": 128, "fold": 0,
               "toy_steps": 100, "toy_train_steps": 150, "toy_particles": 200, "n_misses": 2,
               "arms": ["gradient", "random"], "norms_between": 0, "norms_past": []},
-    "full": {"n_episodes": 24, "etas": [1e-2, 1e-3, 1e-4, 1e-5], "steps": 5, "seeds": [0, 1, 2]},
+    "full": {"n_episodes": 100, "etas": [1e-2, 1e-3, 1e-4, 1e-5], "steps": 5, "seeds": [0, 1, 2], "image_size": 512,
+             "fold": 0},
 }
 
 # Every figure each notebook must write (as <out_dir>/<name>.png and .pdf), in running order.
@@ -78,9 +78,11 @@ FIGURES = {
     "07_selector_study": ("07_closure", "07_tau", "07_misses"),
     "08_gradient_direction": ("08_direction_norm", "08_direction_vs_random", "08_push", "08_adaptive"),
 }
-# A notebook's own values on top of a profile: the selector study reports on many more test
-# episodes than the sweeps (the issue's protocol: >= 300 x 3 seeds per cell), at each kind's eta.
+# A notebook's own values on top of a profile: the headline B/T/O cells and the selector study report
+# on more episodes than the sweeps (>= 300 x 3 seeds per cell), the study at each kind's eta.
 NOTEBOOK_PROFILES = {
+    "04_oracle_vs_top1": {"full": {"n_episodes": 300}},
+    "06_main_results": {"full": {"n_episodes": 300}},
     "07_selector_study": {"smoke": {"n_episodes": 6, "n_dev_episodes": 4, "etas": None},
                           "full": {"n_episodes": 300, "n_dev_episodes": 100, "etas": None}},
 }

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from prmagic_core import analysis as an, experiments as ex, viz
+from prmagic_core.data import shapeworld
 from prmagic_core.evaluation import evaluate
 from prmagic_core.flow import FlowConfig
 
@@ -111,6 +112,18 @@ def test_table_files_are_keyed_by_settings(tmp_path):
     assert lab.table_path(base) == lab.table_path(ex.Sweep(**{**SMALL, "etas": (1e-4,), "seeds": (3, 4)}))
     assert lab.table_path(base) != lab.table_path(ex.Sweep(**{**SMALL, "clip": 0.2}))
     assert lab.table_path(base) != ex.Lab(ex.Setup(kind="part"), tmp_path).table_path(base)
+
+
+def test_a_lab_poses_the_folds_novel_classes_at_the_asked_size(tmp_path):
+    lab = ex.Lab(ex.Setup(image_size=256, fold=2), tmp_path)
+    expected = shapeworld.episode(0, 1, "object", 1, 256, 2)
+    assert lab.image_size == 256 and lab.episode(1).name == expected.name
+    assert np.array_equal(lab.episode(1).query_image, expected.query_image)
+    assert {lab.episode(i).class_name for i in range(6)} <= set(shapeworld.novel_classes(2))
+    everything = ex.Lab(ex.Setup(fold=None), tmp_path)
+    assert everything.image_size == 128 and everything.episode(1).name == shapeworld.episode(0, 1).name
+    base = ex.Sweep(**SMALL)
+    assert lab.table_path(base) != everything.table_path(base) != ex.Lab(ex.Setup(), tmp_path).table_path(base)
 
 
 def test_bad_settings_are_named():

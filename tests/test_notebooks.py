@@ -75,7 +75,8 @@ def test_parameters_cell_holds_literal_assignments_only(notebook):
         assert required in names, f"{name} lacks parameter {required}"
     defaults = {s.targets[0].id: ast.literal_eval(s.value) for s in tree.body}
     assert defaults["out_dir"] is None and defaults["cache_dir"] is None, f"{name}: a hand run writes under notebooks/build"
-    assert "notebook_dirs(out_dir, cache_dir)" in nb.cells[2].source, f"{name}: resolve paths from the repository"
+    setup = nb.cells[2].source  # paths resolved from the repository, by notebook_dirs or open_notebook (which calls it)
+    assert "notebook_dirs(out_dir, cache_dir)" in setup or "out_dir=out_dir, cache_dir=cache_dir" in setup, name
 
 
 def test_code_cells_parse(notebook):
@@ -147,6 +148,21 @@ def test_paths_come_from_the_repository_not_the_working_directory(tmp_path, monk
     assert figures.notebook_dirs() == (REPO / "notebooks/build/figures", REPO / "notebooks/build/cache")
     assert figures.notebook_dirs("../figures", "x/cache") == (REPO.parent / "figures", REPO / "x/cache")
     assert figures.notebook_dirs(str(tmp_path / "f"), None)[0] == tmp_path / "f"
+
+
+def test_open_notebook_builds_the_lab_figures_and_record_from_the_parameters(tmp_path, monkeypatch):
+    from prmagic_core.notebook import open_notebook
+
+    monkeypatch.chdir(tmp_path)
+    figure_set, lab, available, settings = open_notebook(
+        "04_oracle_vs_top1", backend="tiny", checkpoint=None, model_type="vit_b", dinov2_checkpoint=None,
+        dataset="shapeworld", data_root=None, device="cpu", out_dir=None, cache_dir="x/cache", image_size=256,
+        fold=1, baselines=["persam_f", "no_such_baseline"], n_episodes=7, seeds=[0, 1])
+    assert figure_set.out_dir == REPO / "notebooks/build/figures" and figure_set.prefix == "04"
+    assert lab.cache_dir == REPO / "x/cache" and lab.image_size == 256 and lab.setup.fold == 1
+    assert available == ["persam_f"]
+    assert settings == dict(backend="tiny", checkpoint=None, model_type="tiny", dataset="shapeworld", kind="object",
+                            image_size=256, fold=1, baselines=["persam_f"], device="cpu", n_episodes=7, seeds=[0, 1])
 
 
 def test_only_the_full_profile_writes_the_committed_figures(tmp_path):
