@@ -61,8 +61,36 @@ def test_contrastive_loss_prefers_same_class_together():
     apart = torch.tensor([[1.0, 0], [1, 0], [0, 1], [0, 1]])
     good = torch.stack([apart, apart])
     bad = torch.stack([apart, apart.flip(0)])
-    loss = dino_training.instance_contrastive
-    assert loss(good, instances, classes, 0.1) < loss(bad, instances, classes, 0.1)
+
+    def loss(tokens):
+        pooled, labels, _ = dino_training.instance_features(tokens, instances, classes)
+        return dino_training.instance_contrastive(pooled, labels, 0.1)
+
+    assert loss(good) < loss(bad)
+
+
+def test_object_factors_split_a_class_into_shape_and_texture():
+    factors = [dino_training.object_factors(shapeworld.ALL_CLASSES.index(n)) for n in ("dots-circle", "stripes-star")]
+    assert [(dino_training.SHAPE_LABELS[s], dino_training.TEXTURE_LABELS[t]) for s, t in factors] == [
+        ("circle", "dots"), ("star", "stripes")]
+    composite = next(iter(shapeworld.COMPOSITES))
+    assert dino_training.object_factors(shapeworld.ALL_CLASSES.index(composite)) == (
+        dino_training.SHAPE_LABELS.index(composite), -100)
+
+
+def test_shuffled_tiles_carry_their_labels_and_lose_the_shape():
+    tile = 16
+    n, cell = dino_training.INPUT // tile, tile * dino_training.GRID // dino_training.INPUT
+    ids = np.arange(n * n).reshape(n, n)
+    image = np.repeat(np.repeat(ids, tile, 0), tile, 1)[..., None].repeat(3, -1).astype(np.uint8)
+    labels = np.repeat(np.repeat(ids, cell, 0), cell, 1)[None].repeat(4, 0)
+    moved_image, moved_labels = dino_training.shuffle_tiles(image, labels, tile, np.random.default_rng(0))
+    assert (moved_image[::tile, ::tile, 0] == moved_labels[0, ::cell, ::cell]).all()  # each tile kept its labels
+    assert not (moved_image == image).all() and sorted(moved_image[::tile, ::tile, 0].ravel()) == list(range(n * n))
+    # a batch shuffles the asked share of its images, and only the shape of intact ones is trained
+    pool = dino_training.LabelledPool(4, 0, 0)
+    *_, shuffled = pool.batch(np.random.default_rng(0), 4, shuffle_fraction=0.5, tile=tile)
+    assert shuffled.tolist() == [True, True, False, False]
 
 
 def test_wrong_checkpoint_is_one_clear_error(tmp_path):
