@@ -269,7 +269,7 @@ def cmd_evaluate(args) -> int:
             merged.append([row for row in rows if not merged.done(row["episode"])])
     finally:
         distributed.teardown()
-    summary = summarise(accumulate(rows), settings)
+    summary = summarise(accumulate(rows), settings, rows)
     summary["device"] = str(device)
     summary["preset"] = preset.name
     code = 0 if summary["episodes"] else 1

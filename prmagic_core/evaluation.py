@@ -128,8 +128,27 @@ def accumulate(rows) -> dict:
     return accs
 
 
-def summarise(accs: dict, settings: dict) -> dict:
-    """The headline numbers: class-wise mIoU for B/T/O first, every metric labelled."""
+def paired_differences(rows, n_boot: int = 2000) -> dict:
+    """T - B and O - B in foreground-IoU points, episode by episode (the same episode's masks compared),
+    with 95% bootstrap intervals over episodes: what a mean over classes does not show."""
+    from .analysis import paired_interval
+
+    ious = {v: [] for v in VARIANTS}
+    for row in rows:
+        if row["status"] == "ok":
+            for v in VARIANTS:
+                i_fg, u_fg = json.loads(row[f"counts_{v}"])[:2]
+                ious[v].append(100.0 * i_fg / u_fg if u_fg else 100.0)
+    if not ious["baseline"]:
+        return {}
+    return {f"{name}_minus_b": {k: round(v, 2) if isinstance(v, float) else v
+                                for k, v in paired_interval(ious[v], ious["baseline"], n_boot=n_boot).items()}
+            for name, v in (("t", "top1"), ("o", "oracle"))}
+
+
+def summarise(accs: dict, settings: dict, rows=()) -> dict:
+    """The headline numbers: class-wise mIoU for B/T/O first, every metric labelled; with ``rows``, the
+    paired per-episode differences (:func:`paired_differences`)."""
     out = {f"{v}_miou": round(accs[v].miou(), 2) for v in VARIANTS}
     for v in VARIANTS:
         out[f"{v}_fb_iou"] = round(accs[v].fb_iou(), 2)
@@ -138,6 +157,7 @@ def summarise(accs: dict, settings: dict) -> dict:
     out["failed_episodes"] = len(accs["baseline"].failures)
     out["metric"] = METRIC_NAMES["miou"]
     out["metrics"] = {k: METRIC_NAMES[k] for k in ("miou", "fb_iou", "episode_fb_miou")}
+    out["differences"] = paired_differences(rows)
     out["settings"] = settings
     return out
 
@@ -155,6 +175,11 @@ def bto_table(summary: dict) -> str:
     for key, label, what in rows:
         lines.append(f"{label} {what:<40}{summary[key + '_miou']:8.2f}{summary[key + '_fb_iou']:10.2f}"
                      f"{summary[key + '_episode_fb_miou']:14.2f}")
+    for key, label in (("t_minus_b", "T - B"), ("o_minus_b", "O - B")):
+        d = summary.get("differences", {}).get(key)
+        if d:
+            lines.append(f"{label}: {d['mean']:+.2f} foreground-IoU points per episode, 95% interval {d['low']:+.2f} to "
+                         f"{d['high']:+.2f} (bootstrap over {d['clusters']} episodes)")
     lines.append("mIoU: class-wise (per class, summed intersection / summed union, then the mean over classes); "
                  "FB-IoU: mean of foreground and background IoU; ep-FB-mIoU: each episode's mean of foreground and "
                  "background IoU, averaged over episodes (the release's PerSAM script)")

@@ -22,7 +22,7 @@ from prmagic_core import distributed
 from prmagic_core.baselines import PerSAMF
 from prmagic_core.cli import main
 from prmagic_core.data.benchmarks import load_benchmark
-from prmagic_core.evaluation import accumulate, evaluate, shard_path
+from prmagic_core.evaluation import accumulate, bto_table, evaluate, paired_differences, shard_path, summarise
 from prmagic_core.models.encoding import Encoder
 
 ROOT = Path(prmagic_core.__file__).parents[1]
@@ -139,6 +139,21 @@ def test_episodes_whose_files_cannot_be_used_are_failed_rows(random_tiny, tmp_pa
     accs = accumulate(rows)
     assert accs["top1"].episodes == len(episodes) - len(unusable)
     assert len(accs["top1"].failures) == len(unusable)
+
+
+def test_paired_differences_compare_each_episode_with_itself():
+    def row(b, t, o, status="ok"):  # foreground IoU b / 10 etc.: [I_fg, U_fg, I_bg, U_bg]
+        return {"status": status, "class": "c", "reason": "", **{f"counts_{v}": json.dumps([x, 10, 5, 5])
+                                                                  for v, x in (("baseline", b), ("top1", t), ("oracle", o))}}
+
+    rows = [row(5, 6, 7), row(5, 4, 6), row(5, 5, 5), row(1, 1, 1, "failed")]
+    diffs = paired_differences(rows)
+    assert diffs["t_minus_b"]["mean"] == 0.0 and diffs["t_minus_b"]["low"] < 0 < diffs["t_minus_b"]["high"]
+    assert diffs["o_minus_b"]["mean"] == 10.0 and diffs["o_minus_b"]["low"] >= 0  # the oracle never loses
+    assert diffs["o_minus_b"]["clusters"] == 3  # failed episodes have no masks to compare
+    summary = summarise(accumulate(rows[:3]), {"steps": 1}, rows[:3])
+    assert "T - B: +0.00 foreground-IoU points per episode" in bto_table(summary)
+    assert paired_differences([]) == {}
 
 
 def test_outside_torchrun_the_process_group_calls_are_no_ops(monkeypatch):
