@@ -68,7 +68,7 @@ from prmagic_core.toy import toy_flow
 
 seed = seeds[0]
 paper_eta = 1e-3
-print(f"figures and the headline JSON go to {out_dir}")
+print(f"figures and the headline JSON go to {figures.out_dir}")
 
 # %% [markdown]
 # ## The flow
@@ -158,5 +158,5 @@ headline = ex.write_headline(NOTEBOOK, {
                             for name, run in (("fixed", toy), ("retrained", retrained))},
     "toy_paper_constants_energy_distance": {"start": paper_toy.distance[0], "end": paper_toy.distance[-1]},
     "noise_to_max_drift_ratio": {f"{e:g}": float(r) for e, r in at.items()},
-}, settings, figures.names, out_dir)
+}, settings, figures.names, figures.out_dir)
 print("Wrote", headline, *figures.paths, sep="\n  ")

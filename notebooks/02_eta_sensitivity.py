@@ -101,5 +101,5 @@ headline = ex.write_headline(NOTEBOOK, {
     "mean_iou_per_step": {f"{b}/eta={e:g}": c.sort_values("step").mean_iou.tolist() for (b, e), c in curves.groupby(["baseline", "eta"])},
     "shape": {f"{b}/eta={e:g}": s["shape"] for (b, e), s in shapes.items()},
     "failed_trajectories": int(len(an.failures(table))),
-}, settings, figures.names, out_dir)
+}, settings, figures.names, figures.out_dir)
 print("Wrote", headline, *figures.paths, sep="\n  ")

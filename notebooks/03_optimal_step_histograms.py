@@ -78,5 +78,5 @@ for b, s in stats.items():
 display(Markdown(f"eta = {eta:g}, T = {steps}.\n\n" + "\n".join(lines)))
 
 # %%
-headline = ex.write_headline(NOTEBOOK, {b: {k: v for k, v in s.items() if v == v} for b, s in stats.items()}, settings, figures.names, out_dir)
+headline = ex.write_headline(NOTEBOOK, {b: {k: v for k, v in s.items() if v == v} for b, s in stats.items()}, settings, figures.names, figures.out_dir)
 print("Wrote", headline, *figures.paths, sep="\n  ")

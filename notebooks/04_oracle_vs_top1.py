@@ -120,5 +120,5 @@ headline = ex.write_headline(NOTEBOOK, {
     "mean_iou": {f"{r.baseline}/{r.variant}{'/' + r.selector if r.selector else ''}": r.mean_iou for r in summary.itertuples()},
     "paired_mean_iou_gains": gains,
     "failed_trajectories": int(len(an.failures(table))),
-}, settings, figures.names, out_dir)
+}, settings, figures.names, figures.out_dir)
 print("Wrote", headline, *figures.paths, sep="\n  ")

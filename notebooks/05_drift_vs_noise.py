@@ -121,5 +121,5 @@ display(Markdown(f"Mean per-episode IoU, points ({selector} selector; {an.counts
 headline = ex.write_headline(NOTEBOOK, {"gains": gains, "noise_to_drift_norm_ratio": ratio,
       "resampling_only": {b: gains[f"{b}/resampling only"] for b in available},
       "mean_iou": {f"{r.baseline}/{r.regime}/{r.variant}": r.mean_iou for r in summary.itertuples()},
-      "miou": {f"{r.baseline}/{r.regime}/{r.variant}": r.miou for r in summary.itertuples()}}, settings, figures.names, out_dir)
+      "miou": {f"{r.baseline}/{r.regime}/{r.variant}": r.miou for r in summary.itertuples()}}, settings, figures.names, figures.out_dir)
 print("Wrote", headline, *figures.paths, sep="\n  ")

@@ -70,7 +70,7 @@ settings.update(selector=selector, tasks=list(tasks))
 # %%
 results = []
 for task, task_setup in tasks.items():
-    task_lab = ex.Lab(task_setup, cache_dir)
+    task_lab = ex.Lab(task_setup, lab.cache_dir)
     eta = ex.DEFAULT_ETA[task_lab.kind]
     table = task_lab.sweep(ex.Sweep(baselines=available, etas=[eta], seeds=seeds, episodes=n_episodes, steps=steps))
     summary = an.over_seeds(an.bto(table, [selector]), ["baseline", "variant"])
@@ -116,5 +116,5 @@ headline = ex.write_headline(NOTEBOOK, {
     "rows": {f"{r['dataset']}/{r['baseline']}": {k: v for k, v in r.items() if k not in ("dataset", "baseline", "task")}
              for r in results.to_dict("records")},
     "rows_with_T_above_B": up, "paper_rows_with_T_above_B": paper_up,
-}, settings, figures.names, out_dir)
+}, settings, figures.names, figures.out_dir)
 print("Wrote", headline, *figures.paths, sep="\n  ")

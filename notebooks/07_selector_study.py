@@ -84,7 +84,7 @@ figures, lab, available, settings = open_notebook(
     etas={k: ex.DEFAULT_ETA[k] if etas is None else etas[0] for k in kinds})
 settings.pop("kind")  # the study covers every kind in `kinds`
 tables = ex.study_tables(lab.setup, available, kinds, n_dev_episodes, n_episodes, seeds, steps, dev_seed, test_seed,
-                         cache_dir, settings["etas"])
+                         lab.cache_dir, settings["etas"])
 failed = {f"{b}/{k}": int(len(an.failures(dev)) + len(an.failures(test))) for (b, k), (dev, test) in tables.items()}
 
 # %% [markdown]
@@ -175,7 +175,7 @@ for (baseline, kind), (dev, test) in tables.items():
     cell = f"{baseline}, {kind}s"
     name = best[cell]["selector"]
     chosen = study.selector_picks(test, name, **constants[cell][name])
-    lab = ex.Lab(replace(setup, kind=kind, data_seed=test_seed), cache_dir)
+    lab = ex.Lab(replace(lab.setup, kind=kind, data_seed=test_seed), lab.cache_dir)
     cases += ex.miss_panels(lab, test, study.worst_misses(chosen, n_misses // 2 or 1), name, n_episodes)
 figures.save(viz.misses_figure(cases), "misses")
 
@@ -188,5 +188,5 @@ numbers = {"best": headline, "goal_met": bool(met), "failed_trajectories": faile
                                 for r in rows.itertuples()}
                          for cell, rows in results.groupby("cell", sort=False)},
            "constants": constants}
-record = ex.write_headline(NOTEBOOK, study.finite_or_none(numbers), settings, figures.names, out_dir)
+record = ex.write_headline(NOTEBOOK, study.finite_or_none(numbers), settings, figures.names, figures.out_dir)
 print("Wrote", record, *figures.paths, sep="\n  ")

@@ -252,5 +252,5 @@ headline = ex.write_headline(NOTEBOOK, {
               for r in compared[compared.setting.str.startswith("eta ")].itertuples()},
     "adaptive_vs_best_fixed": versus_best, "best_fixed": best_fixed,
     "episodes": n_episodes, "seeds": seeds,
-}, settings, figures.names, out_dir)
+}, settings, figures.names, figures.out_dir)
 print("Wrote", headline, *figures.paths, sep="\n  ")

@@ -81,8 +81,9 @@ class Setup:
     ``dataset``: ``shapeworld`` (``kind`` object or part), ``folder`` (``data_root`` a folder of
     episodes) or a benchmark of :mod:`prmagic_core.data.benchmarks` (``data_root`` its root).
     ``dinov2_checkpoint``: DINOv2 ViT-L/14 weights for Matcher on official SAM.
-    ``matching_encoder``: what Matcher matches with (None: DINOv2 with a checkpoint, else
-    DINO-Tiny on SAM-Tiny; ``sam-tiny`` shows what the semantic encoder changes).
+    ``matching_encoder``: what Matcher and GF-SAM match with (None: DINOv2 with a checkpoint, else
+    :data:`~prmagic_core.baselines.matcher.features.TINY_DEFAULT`; ``dino-tiny`` / ``sam-tiny``
+    show what the semantic encoder changes).
     """
 
     backend: str = "tiny"
