@@ -374,7 +374,8 @@ def test_item8_matcher_d_phi_sums_the_high_res_logits_of_all_merged_masks(sam, e
     (expected_grad,) = torch.autograd.grad(expected_d, z)
     _, _, value, grad, _ = _gradient(prompter, prompter.z0, prompts, s, "sum")
     assert value == pytest.approx(float(expected_d.detach()), rel=1e-5)
-    torch.testing.assert_close(grad, expected_grad, atol=1e-5, rtol=1e-4)
+    # the merged subsets are decoded in batches: float32 sums in another order, so compare as vectors
+    assert float((grad - expected_grad).norm() / expected_grad.norm()) < 1e-5
     assert len(chosen) >= 1 and float(d_phi(merged)) == pytest.approx(value, rel=1e-5)
 
 

@@ -193,13 +193,13 @@ class MatcherPrompter(Prompter):
         return decoding.decode(self.sam, embedding, self.query, points, box=prompts.box,
                                multimask=self.preset.multimask)
 
-    def _decode_subsets(self, embedding: torch.Tensor, prompts: MatcherPrompts) -> list:
-        """Every subset's decode, in order: one decoder call per subset size (SAM's prompt padding
-        makes only equal sizes batch to what one call per subset gives)."""
+    def _decode_subsets(self, embedding: torch.Tensor, prompts: MatcherPrompts, which=None) -> dict:
+        """{subset index: its decode} for the subsets ``which`` (default: all), one decoder call per
+        subset size (SAM's prompt padding makes only equal sizes batch to what one call per subset gives)."""
         by_size: dict = {}
-        for index, subset in enumerate(prompts.subsets):
-            by_size.setdefault(len(subset), []).append(index)
-        decoded = [None] * len(prompts.subsets)
+        for index in range(len(prompts.subsets)) if which is None else sorted(set(which)):
+            by_size.setdefault(len(prompts.subsets[index]), []).append(index)
+        decoded = {}
         for indices in by_size.values():
             point_sets = [Prompts(prompts.coords[prompts.subsets[i]], prompts.labels[prompts.subsets[i]])
                           for i in indices]
@@ -216,10 +216,10 @@ class MatcherPrompter(Prompter):
             raise TypeError("Matcher decodes MatcherPrompts from its own sample_prompts()")
         with self._timed("decoding"), torch.no_grad():
             decoded = self._decode_subsets(embedding.detach(), prompts)
-            logits = torch.cat([d.logits for d in decoded])
-            origin = [(i, j) for i, d in enumerate(decoded) for j in range(len(d.iou))]
+            logits = torch.cat([decoded[i].logits for i in range(len(decoded))])
+            origin = [(i, j) for i in range(len(decoded)) for j in range(len(decoded[i].iou))]
             stability = calculate_stability_score(logits, self.sam.mask_threshold, 1.0)
-            predicted_iou = torch.cat([d.iou for d in decoded]).cpu().numpy()
+            predicted_iou = torch.cat([decoded[i].iou for i in range(len(decoded))]).cpu().numpy()
             pool = passing_sam_filters(predicted_iou, stability.cpu().numpy(), self.preset)
         with self._timed("scoring"):
             metrics = self._metrics(logits[torch.as_tensor(pool, device=logits.device)], prompts.evidence)
@@ -241,7 +241,8 @@ class MatcherPrompter(Prompter):
         if not embedding.requires_grad:
             return to_image_frame(logits[torch.as_tensor(chosen, device=logits.device)], self.query)
         with self._timed("decoding"):
-            outputs = [self._decode_subset(embedding, prompts, origin[i][0]).logits[origin[i][1]] for i in chosen]
+            decoded = self._decode_subsets(embedding, prompts, [origin[i][0] for i in chosen])
+            outputs = [decoded[origin[i][0]].logits[origin[i][1]] for i in chosen]
         return to_image_frame(torch.stack(outputs), self.query)
 
     def _masks(self, logits: torch.Tensor) -> np.ndarray:
