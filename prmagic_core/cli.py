@@ -124,7 +124,8 @@ def cmd_train_dino_tiny(args) -> int:
     torch.set_num_threads(args.threads)
     cfg = DinoTrainConfig(fold=args.fold, steps=args.steps, scenes=args.scenes, batch=args.batch, seed=args.seed,
                           contrastive_weight=args.contrastive_weight, object_weight=args.object_weight,
-                          shuffle_fraction=args.shuffle_fraction, lr=args.lr)
+                          shuffle_fraction=args.shuffle_fraction, flat_fraction=args.flat_fraction,
+                          lr=args.lr)
     out_dir = Path(args.out_dir)
     summary = train(cfg, out_dir, resume=args.resume)
     evaluation = evaluate_dino_tiny(load_dino_tiny(out_dir / "dino_tiny.pt"), episodes=args.eval_episodes,
@@ -348,8 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=32, help="scenes per step")
     p.add_argument("--contrastive-weight", type=float, default=0.5, help="weight of the instance-contrastive term")
     p.add_argument("--object-weight", type=float, default=1.0, help="weight of the pooled objects' shape and texture heads")
-    p.add_argument("--shuffle-fraction", type=float, default=0.5,
+    p.add_argument("--shuffle-fraction", type=float, default=0.375,
                    help="share of each batch with its tiles shuffled (texture without shape)")
+    p.add_argument("--flat-fraction", type=float, default=0.25,
+                   help="share of each batch with its objects painted flat (shape without texture)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW, warm-up then cosine)")
     p.add_argument("--seed", type=int, default=0, help="scenes, initialisation and batches")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")

@@ -87,10 +87,26 @@ def test_shuffled_tiles_carry_their_labels_and_lose_the_shape():
     moved_image, moved_labels = dino_training.shuffle_tiles(image, labels, tile, np.random.default_rng(0))
     assert (moved_image[::tile, ::tile, 0] == moved_labels[0, ::cell, ::cell]).all()  # each tile kept its labels
     assert not (moved_image == image).all() and sorted(moved_image[::tile, ::tile, 0].ravel()) == list(range(n * n))
-    # a batch shuffles the asked share of its images, and only the shape of intact ones is trained
+
+
+def test_flat_objects_keep_their_silhouette_and_lose_their_texture():
+    striped = np.zeros((8, 8, 3), dtype=np.uint8)
+    striped[:, ::2] = 200  # background and object both striped
+    owner = np.full((8, 8), -1, dtype=np.int8)
+    owner[2:6, 2:6], owner[0:2, 0:3] = 0, 1
+    flat = dino_training.paint_flat(striped, owner, np.random.default_rng(0))
+    assert (flat[owner == -1] == striped[owner == -1]).all()
+    for index in (0, 1):
+        inside = flat[owner == index].astype(float)
+        assert inside.std(0).max() < 12 < striped[owner == index].astype(float).std(0).max()  # only the pixel noise
+    assert np.abs(flat[owner == 0].mean(0) - flat[owner == 1].mean(0)).sum() > 0  # a colour per object
+
+
+def test_a_batch_holds_each_view_in_its_share():
     pool = dino_training.LabelledPool(4, 0, 0)
-    *_, shuffled = pool.batch(np.random.default_rng(0), 4, shuffle_fraction=0.5, tile=tile)
-    assert shuffled.tolist() == [True, True, False, False]
+    assert pool.owners.shape == (4, dino_training.INPUT, dino_training.INPUT)
+    _, labels, _, views = pool.batch(np.random.default_rng(0), 4, shuffle_fraction=0.5, tile=16, flat_fraction=0.25)
+    assert views.tolist() == [dino_training.SHUFFLED, dino_training.SHUFFLED, dino_training.FLAT, dino_training.INTACT]
 
 
 def test_wrong_checkpoint_is_one_clear_error(tmp_path):

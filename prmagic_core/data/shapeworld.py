@@ -129,16 +129,16 @@ def _texture(texture: str, a: np.ndarray, b: np.ndarray, period: float) -> np.nd
     raise ValueError(f"unknown texture {texture!r}")
 
 
-def _random_colour(rng: np.random.Generator, saturation=(0.55, 1.0), value=(0.45, 1.0)) -> np.ndarray:
+def random_colour(rng: np.random.Generator, saturation=(0.55, 1.0), value=(0.45, 1.0)) -> np.ndarray:
     rgb = colorsys.hsv_to_rgb(rng.random(), rng.uniform(*saturation), rng.uniform(*value))
     return np.array(rgb) * 255.0
 
 
 def _colour_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Two colours of one instance; far enough apart that its texture is visible."""
-    first = _random_colour(rng)
+    first = random_colour(rng)
     while True:
-        second = _random_colour(rng, value=(0.15, 0.9))
+        second = random_colour(rng, value=(0.15, 0.9))
         if np.abs(first - second).sum() > 180:
             return first, second
 
@@ -172,8 +172,8 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     f = ramp - i0
     rows = low[i0] * (1 - f)[:, None] + low[i0 + 1] * f[:, None]
     blend = rows[:, i0] * (1 - f)[None, :] + rows[:, i0 + 1] * f[None, :]
-    c1 = _random_colour(rng, saturation=(0.0, 0.35), value=(0.3, 0.9))
-    c2 = _random_colour(rng, saturation=(0.0, 0.35), value=(0.3, 0.9))
+    c1 = random_colour(rng, saturation=(0.0, 0.35), value=(0.3, 0.9))
+    c2 = random_colour(rng, saturation=(0.0, 0.35), value=(0.3, 0.9))
     return blend[..., None] * c1 + (1 - blend[..., None]) * c2
 
 
