@@ -8,7 +8,8 @@ Per episode, each method runs from a cold encoder cache (so its encoder passes a
   preparation and decodes on z0, as ``experiments.py`` sweeps do), against ``eta_sweep1``:
   one eta value.
 
-Times are wall seconds summed over episodes (one untimed warm-up episode first); encoder
+Times are wall seconds summed over episodes (one untimed warm-up episode first), with one torch
+thread on a CPU unless ``--threads`` says otherwise (evaluate's workers run that way); encoder
 passes are counted by the :class:`Encoder`; peak memory is per method (CUDA peak on a GPU, the
 process's peak RSS on a CPU, its high-water mark reset before each method).
 
@@ -45,8 +46,11 @@ def add_arguments(parser) -> None:
                         help="ShapeWorld's side in px (default: the model's input side)")
     parser.add_argument("--encode-batch", type=int, default=None,
                         help="images per encoder call (default: from a memory budget)")
-    parser.add_argument("--speedup-episodes", type=int, default=4,
-                        help="episodes run with 1 and with 2 workers for workers_speedup (0 skips it)")
+    parser.add_argument("--speedup-episodes", type=int, default=12,
+                        help="episodes run with 1 and with 2 workers for workers_speedup (0 skips it; few "
+                             "episodes measure the load imbalance of the last ones, not the throughput)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads while timing (1: as evaluate's worker processes run)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed episodes first (0 on a slow backend)")
     parser.add_argument("--skip-fit-steps", action="store_true",
                         help="do not time the plain autograd fit beside the fast one (minutes at 1024 px)")
@@ -185,6 +189,7 @@ def run(args) -> int:
     from .models.loading import load_sam, resolve_device
 
     device = resolve_device(args.device)
+    torch.set_num_threads(args.threads)
     model_type = "tiny" if args.backend == "tiny" else args.model_type
     sam = load_sam(model_type, args.checkpoint, device=str(device))
     baseline = make_baseline(args.baseline)
