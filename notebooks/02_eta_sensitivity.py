@@ -28,6 +28,7 @@ backend = "tiny"  # "tiny": SAM-Tiny on ShapeWorld; "sam": an official checkpoin
 checkpoint = None  # path to sam_vit_{b,l,h}_*.pth (backend "sam"); None: the shipped SAM-Tiny weights
 model_type = "vit_b"
 dinov2_checkpoint = None  # DINOv2 ViT-L/14 weights for Matcher and GF-SAM with backend "sam"
+matching_encoder = None  # what Matcher and GF-SAM match with on backend "tiny": "dino-tiny" or "sam-tiny" (None: the default)
 dataset = "shapeworld"  # or "folder", "fss", "coco", "lvis", "paco", "pascal_part", "dis5k"
 data_root = None
 image_size = 512  # ShapeWorld's side in px (the release evaluates at 518; SAM-Tiny resizes to its 128)
@@ -50,7 +51,8 @@ from prmagic_core.notebook import open_notebook
 
 figures, lab, available, settings = open_notebook(
     NOTEBOOK, backend=backend, checkpoint=checkpoint, model_type=model_type, dinov2_checkpoint=dinov2_checkpoint,
-    dataset=dataset, data_root=data_root, device=device, out_dir=out_dir, cache_dir=cache_dir, image_size=image_size,
+    matching_encoder=matching_encoder, dataset=dataset, data_root=data_root, device=device,
+    out_dir=out_dir, cache_dir=cache_dir, image_size=image_size,
     fold=fold, baselines=baselines, n_episodes=n_episodes, etas=etas, steps=steps, seeds=seeds)
 table = lab.sweep(ex.Sweep(baselines=available, etas=etas, seeds=seeds, episodes=n_episodes, steps=steps))
 per_step = an.step_metrics(table)

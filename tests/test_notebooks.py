@@ -162,7 +162,14 @@ def test_open_notebook_builds_the_lab_figures_and_record_from_the_parameters(tmp
     assert lab.cache_dir == REPO / "x/cache" and lab.image_size == 256 and lab.setup.fold == 1
     assert available == ["persam_f"]
     assert settings == dict(backend="tiny", checkpoint=None, model_type="tiny", dataset="shapeworld", kind="object",
-                            image_size=256, fold=1, baselines=["persam_f"], device="cpu", n_episodes=7, seeds=[0, 1])
+                            image_size=256, fold=1, baselines=["persam_f"], matching_encoder=None, device="cpu",
+                            n_episodes=7, seeds=[0, 1])
+    # with Matcher the record names the encoder it matches with, and the lab matches with it
+    _, lab, _, settings = open_notebook(
+        "04_oracle_vs_top1", backend="tiny", checkpoint=None, model_type="vit_b", dinov2_checkpoint=None,
+        matching_encoder="sam-tiny", dataset="shapeworld", data_root=None, device="cpu", out_dir=None,
+        cache_dir="x/cache", baselines=["matcher"])
+    assert settings["matching_encoder"] == "sam-tiny" == lab.setup.matching_encoder
 
 
 def test_only_the_full_profile_writes_the_committed_figures(tmp_path):
