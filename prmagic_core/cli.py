@@ -349,9 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=32, help="scenes per step")
     p.add_argument("--contrastive-weight", type=float, default=0.5, help="weight of the instance-contrastive term")
     p.add_argument("--object-weight", type=float, default=1.0, help="weight of the pooled objects' shape and texture heads")
-    p.add_argument("--shuffle-fraction", type=float, default=0.375,
+    p.add_argument("--shuffle-fraction", type=float, default=0.5,
                    help="share of each batch with its tiles shuffled (texture without shape)")
-    p.add_argument("--flat-fraction", type=float, default=0.25,
+    p.add_argument("--flat-fraction", type=float, default=0.0,
                    help="share of each batch with its objects painted flat (shape without texture)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW, warm-up then cosine)")
     p.add_argument("--seed", type=int, default=0, help="scenes, initialisation and batches")

@@ -15,10 +15,11 @@ Among base classes a shape predicts its texture (fold 0 never shows a striped ci
 network told both learns that shortcut: trained that way, texture read on novel objects fell
 below chance (0.23, base 0.68). So a share of each batch (``shuffle_fraction``) has its image
 cut into ``tile``-px tiles and the tiles permuted (labels with them): a shuffled image keeps
-every texture and no shape, and is asked only for texture and part. That alone still left
-shape read through texture (novel objects' shape read right 0.35, base 0.97), so another
-share (``flat_fraction``) has every object painted one random flat colour: a flat image keeps
-every shape and no texture, and is asked only for shape (patches and pooled objects).
+every texture and no shape, and is asked only for texture and part. Optionally another share
+(``flat_fraction``, 0 in the shipped recipe) has every object painted one random flat colour: a
+flat image keeps every shape and no texture, and is asked only for shape (patches and pooled
+objects). Tried at 0.25 (shuffle 0.375), it read novel shapes better (0.48 against 0.35) and
+novel textures worse (0.80 against 0.91), and classed novel objects worse (0.823 against 0.860).
 Instances and classes are asked of the intact images only. Texture and part are asked of the
 patches that have one; only the shape head also tells objects from background (label 0,
 down-weighted).
@@ -68,8 +69,8 @@ class DinoTrainConfig:
     contrastive_weight: float = 0.5
     temperature: float = 0.1
     object_weight: float = 1.0
-    shuffle_fraction: float = 0.375
-    flat_fraction: float = 0.25
+    shuffle_fraction: float = 0.5
+    flat_fraction: float = 0.0
     tile: int = 16
     seed: int = 0
     checkpoint_every: int = 50
