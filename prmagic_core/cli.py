@@ -184,7 +184,7 @@ def _check_unseen_by_dino_tiny(args) -> None:
     """ShapeWorld episodes must come from the fold whose novel classes the shipped DINO-Tiny never saw."""
     from .baselines.matcher.features import matching_encoder_name
 
-    if args.baseline != "matcher" or args.dataset != "shapeworld" or args.data is not None:
+    if args.baseline not in ("matcher", "gfsam") or args.dataset != "shapeworld" or args.data is not None:
         return
     if matching_encoder_name(args.matching_encoder, args.backend == "tiny", args.dinov2_checkpoint) != "dino-tiny":
         return

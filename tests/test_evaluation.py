@@ -248,10 +248,11 @@ def test_shapeworld_episodes_come_at_the_image_size_from_the_fold(tmp_path):
                                "--image-size", "64", "--fold", "3", "--device", "cpu", "--out", str(out), "--json")
     assert code == 0 and summary["settings"]["image_size"] == 64 and summary["settings"]["fold"] == 3
     assert {row["class"] for row in read_table(out)} <= set(shapeworld.novel_classes(3))
-    # Matcher with the shipped DINO-Tiny refuses a fold whose novel classes it was trained on
-    code, _, err = run_cli("evaluate", "--backend", "tiny", "--baseline", "matcher", "--matching-encoder",
-                           "dino-tiny", "--episodes", "1", "--image-size", "64", "--fold", "3", "--device", "cpu")
-    assert code == 2 and "base classes" in err and len(err.strip().splitlines()) == 1
+    # Matcher and GF-SAM with the shipped DINO-Tiny refuse a fold whose novel classes it was trained on
+    for baseline in ("matcher", "gfsam"):
+        code, _, err = run_cli("evaluate", "--backend", "tiny", "--baseline", baseline, "--matching-encoder",
+                               "dino-tiny", "--episodes", "1", "--image-size", "64", "--fold", "3", "--device", "cpu")
+        assert code == 2 and "base classes" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("selector", ["guarded", "vote", "oracle", "random"])
