@@ -333,8 +333,9 @@ def band_prompts(similarity: torch.Tensor, points: int, generator: torch.Generat
     top = int(torch.argmax(flat))
     taken = [top]
     extra = []
-    for q in quantiles:
-        inside = (flat >= torch.quantile(flat, q)).reshape(height, width)
+    thresholds = torch.quantile(flat, torch.tensor(quantiles, dtype=flat.dtype, device=flat.device))  # one sort
+    for threshold in thresholds:
+        inside = (flat >= threshold).reshape(height, width)
         for index in taken:
             row, col = divmod(index, width)
             if row >= height:
