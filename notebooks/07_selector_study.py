@@ -34,10 +34,10 @@
 # extra encoder passes; 95% intervals by a cluster bootstrap over episodes (all seeds of an
 # episode resampled together). IoUs are mean per-episode foreground IoU, in points.
 #
-# **Runtime.** CPU, `backend="tiny"` (2 cores shared with other jobs): smoke 169 s (measured,
-# `prmagic figures --only 07 --profile smoke`, tables computed); full (300 test episodes
-# x 3 seeds + 100 development episodes per cell) ~12 hours (estimated from the ~10 s per T = 5
-# trajectory of the README's study run). GPU, `backend="sam"`: not measured (no GPU was
+# **Runtime.** CPU, `backend="tiny"`: smoke 169 s (measured with other jobs beside it,
+# `prmagic figures --only 07 --profile smoke`, tables computed); full (512 px, fold 0, 300 test
+# episodes x 3 seeds + 100 development episodes per cell, `-p matching_encoder dino-tiny`) 2947 s
+# measured on 2 cores (2026-12-03, 2 workers). GPU, `backend="sam"`: not measured (no GPU was
 # available); the cost is vit_b encoder passes, about 2 (T + 1) + 2 per trajectory. Rows already
 # in `cache_dir` are read, not recomputed.
 
