@@ -60,8 +60,8 @@ def push(prompter, memo, truth: np.ndarray, norms, arms=tuple(ARMS), generator: 
     with torch.no_grad():
         s0 = prompter.similarity(z0)
     prompts0 = sample(s0)
-    mask0, logits0, _, _, _ = memo(prompts0, s0, reduction, gradient=False)
-    d0, iou0, top0, peak0 = float(d_phi(logits0, reduction)), iou(mask0, truth), top_region(s0, top_fraction), _peak(s0)
+    mask0, _, d0, _, _ = memo(prompts0, s0, reduction, gradient=False)
+    iou0, top0, peak0 = iou(mask0, truth), top_region(s0, top_fraction), _peak(s0)
     rows = []
     for arm in arms:
         direction, arm_reduction = ARMS[arm]

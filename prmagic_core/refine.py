@@ -25,7 +25,7 @@ class Step:
     """One candidate of the trajectory and the flow step taken after it (None after the last).
 
     ``d_phi`` is the discriminator's value that drove the step (on z0 with ``grad_at="z0"``, so it
-    is this candidate's; on z_t with ``"zt"``); the last candidate keeps its own when it was computed.
+    is this candidate's; on z_t with ``"zt"``); the last candidate, which drives no step, has its own.
     """
 
     mask: np.ndarray
@@ -91,7 +91,8 @@ class DecodeMemo:
         return key
 
     def __call__(self, prompts: Prompts, similarity: torch.Tensor, reduction: str, gradient: bool = True):
-        """(mask, logits, d_phi, gradient, evidence) on z0; without ``gradient`` d_phi and gradient may be None."""
+        """(mask, logits, d_phi, gradient, evidence) on z0; without ``gradient`` the gradient may be None
+        (the decode then builds no autograd graph, a third of its cost)."""
         key = self._key(prompts, similarity, reduction)
         entry = self._entries.get(key)
         if entry is None or (gradient and entry[3] is None):
@@ -101,7 +102,7 @@ class DecodeMemo:
             else:
                 with torch.no_grad():
                     mask, logits, evidence = _decode(self.prompter, self.z0, prompts, similarity)
-                entry = (mask, logits.detach(), None, None, evidence)
+                    entry = (mask, logits.detach(), float(d_phi(logits, reduction)), None, evidence)
             self._entries[key] = entry
         return entry
 
@@ -153,8 +154,10 @@ def refine(prompter: Prompter, steps: int = 5, flow: FlowConfig = FlowConfig(),
     prompts = sample(similarity)
     trajectory = Trajectory(config=flow)
     for t in range(steps + 1):
-        # With grad_at="zt" the gradient is taken at z_t below, so the candidate needs none at z0.
-        mask, logits, d, grad, evidence = memo(prompts, similarity, flow.reduction, gradient=flow.grad_at == "z0")
+        # The last candidate takes no step, and with grad_at="zt" the step's gradient is taken at z_t
+        # below: neither needs a gradient at z0.
+        mask, logits, d, grad, evidence = memo(prompts, similarity, flow.reduction,
+                                               gradient=flow.grad_at == "z0" and t < steps)
         if t == steps:
             trajectory.steps.append(Step(mask, logits, prompts, similarity.detach(), d, evidence=evidence))
             break

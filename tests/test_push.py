@@ -43,7 +43,7 @@ def test_a_zero_step_changes_nothing_and_the_gradient_raises_d_phi_first(setting
 def test_push_starts_from_the_trajectorys_first_prompts(setting):
     prompter, episode = setting
     memo = DecodeMemo(prompter)
-    refine(prompter, 0, generator=torch.Generator().manual_seed(9), memo=memo)  # decodes its first prompts on z0
+    refine(prompter, 1, generator=torch.Generator().manual_seed(9), memo=memo)  # decodes its first prompts on z0, with a gradient
     calls = memo.calls
     push(prompter, memo, episode.query_mask, norms=[0.0], arms=("gradient",), generator=torch.Generator().manual_seed(9))
     assert memo.calls == calls  # the same prompts, so nothing new to decode

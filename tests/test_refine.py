@@ -204,3 +204,16 @@ def test_episode_timings_are_non_negative_and_split(random_tiny, episode):
     result = run_episode(PerSAMF(train_iters=5), Encoder(random_tiny), episode, steps=1)
     assert set(result.seconds) >= {"prepare", "refine", "select"}
     assert all(v >= 0 for v in result.seconds.values())
+
+
+def test_last_candidate_is_decoded_without_a_gradient_and_keeps_its_own_d_phi(prompter):
+    from prmagic_core.refine import DecodeMemo, _gradient
+
+    memo = DecodeMemo(prompter)
+    last = refine(prompter, 2, FlowConfig(eta=1.0), torch.Generator().manual_seed(1), memo=memo).steps[-1]
+    mask, logits, d, grad, _ = _gradient(prompter, prompter.query.embedding, last.prompts, last.similarity, "sum")
+    np.testing.assert_array_equal(last.mask, mask)
+    assert torch.equal(last.logits, logits) and last.d_phi == d and last.gradient is None
+    calls = memo.calls
+    assert torch.equal(memo(last.prompts, last.similarity, "sum")[3], grad)  # asked for, the gradient is computed
+    assert memo.calls == calls + 1
