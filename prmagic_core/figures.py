@@ -60,7 +60,7 @@ PROFILES = {
               "toy_steps": 100, "toy_train_steps": 150, "toy_particles": 200, "n_misses": 2,
               "arms": ["gradient", "random"], "norms_between": 0, "norms_past": []},
     "full": {"n_episodes": 100, "etas": [1e-2, 1e-3, 1e-4, 1e-5], "steps": 5, "seeds": [0, 1, 2], "image_size": 512,
-             "fold": 0},
+             "fold": 0, "matching_encoder": "dino-tiny"},
 }
 
 # Every figure each notebook must write (as <out_dir>/<name>.png and .pdf), in running order.
