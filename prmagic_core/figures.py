@@ -21,13 +21,11 @@ Profiles (tiny backend, baselines PerSAM-F and Matcher, ShapeWorld episodes of f
 - ``smoke``: 6 episodes at 128 px, eta in {1e-2, 1e-3}, T = 2, one seed, a shorter 2-D toy, and
   in 08 two directions (gradient, random) at two norms (the paper's drift, the noise's); 07: 4
   development + 6 test episodes per cell. Budget 5 minutes on a 2-core CPU (README: measured).
-- ``full``: the faithful world: 512-px episodes, eta in {1e-2, 1e-3, 1e-4, 1e-5}, T = 5, seeds 0-2;
-  the sweeps (02, 03, 05, 08) over 100 episodes, the headline B/T/O cells (04, 06) over 300,
-  07 over 100 development + 300 test episodes per cell. NOT run yet: from per-episode costs
-  measured at 512 px with one thread (PerSAM-F ~1.0 s to prepare + ~0.4 s per T = 5 trajectory,
-  Matcher ~2.8 s per trajectory; ``scripts/profile_trajectory.py``), it needs ~13 CPU hours,
-  ~6.5 hours on the 2 cores (08's direction x norm grid ~55%, 07 ~15%), against the 60-minute
-  target. The committed ``figures/`` come from the earlier 24-episode, 128-px, all-class profile.
+- ``full``: the faithful world: 512-px episodes, Matcher and GF-SAM matching with DINO-Tiny, eta in
+  {1e-2, 1e-3, 1e-4, 1e-5}, T = 5, seeds 0-2; the sweeps (02, 03, 05, 08) over 100 episodes, the
+  headline B/T/O cells (04, 06) over 300, 07 over 100 development + 300 test episodes per cell.
+  Not run whole: 07 took 2947 s on the 2 cores, 05 649 s and 08 (PerSAM-F only) 931 s at one noise
+  seed (README); the whole profile is several hours, against the 60-minute target.
 
 GPU, official SAM (``--backend sam``; not run here, no GPU was available): pass
 ``-p checkpoint /path/sam_vit_b_01ec64.pth`` (``-p model_type vit_l`` etc. for other sizes),
