@@ -166,6 +166,21 @@ display(Markdown(
     + "; ".join(f"{r.cell}: `{r.selector}` {r.tau:.3f}" for r in top_tau.itertuples()) + "."))
 
 # %% [markdown]
+# ## What the oracle finds: a better boundary, or another instance?
+#
+# Over the test trajectories whose oracle candidate beats B by more than 2 IoU points: the IoU
+# between B's mask and the oracle's (`overlap`). Near 1 the oracle redraws B's boundary, which moves
+# a pooled or masked-image feature very little; below 0.5 it took another instance or region, which
+# a semantic score can see.
+
+# %%
+wins = pd.concat([study.oracle_wins(test).assign(cell=f"{b}, {k}s") for (b, k), (_, test) in tables.items()])
+kinds = wins.groupby("cell", sort=False).overlap.agg(
+    wins="size", median_overlap="median", switches=lambda overlap: float((overlap < 0.5).mean()))
+display(Markdown("Oracle wins per cell (`switches`: share with overlap < 0.5)\n\n"
+                 + an.markdown_table(kinds.reset_index(), formats={"median_overlap": ".2f", "switches": ".2f"})))
+
+# %% [markdown]
 # ## Where the best selector still misses
 #
 # The trajectories of each cell where the best selector's pick falls furthest below the oracle's

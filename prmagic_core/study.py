@@ -24,6 +24,7 @@ from scipy.stats import kendalltau
 from .analysis import KEY, TRAJECTORY, cluster_bootstrap, ok
 from .evaluation import episode_seed
 from .experiments import text_to_mask
+from .masks import iou
 from .select import FAMILY, apply
 from .signals import distinct_reencoded, extra_passes
 
@@ -208,6 +209,20 @@ def worst_misses(chosen: pd.DataFrame, k: int) -> pd.DataFrame:
     """The ``k`` trajectories of :func:`selector_picks` whose pick falls furthest below the oracle's IoU."""
     scored = chosen.assign(gap=chosen.iou_O - chosen.iou_T)
     return scored[scored.gap > 0].sort_values("gap", ascending=False).head(k).reset_index(drop=True)
+
+
+def oracle_wins(table: pd.DataFrame, margin: float = 0.02) -> pd.DataFrame:
+    """One row per trajectory whose oracle candidate beats B's IoU by more than ``margin``: both IoUs
+    and ``overlap``, the IoU between B's mask and the oracle's. Near 1 the oracle redraws B's
+    boundary, which barely moves a pooled feature; below 0.5 it took another instance or region."""
+    rows = []
+    for key, group in ok(table).sort_values(list(KEY)).groupby(list(TRAJECTORY), sort=False):
+        ious = group["iou"].to_numpy(dtype=float)
+        oracle = int(np.argmax(ious))
+        if ious[oracle] - ious[0] > margin:
+            b, o = (text_to_mask(group["mask"].iloc[i]) for i in (0, oracle))
+            rows.append({**dict(zip(TRAJECTORY, key)), "iou_B": ious[0], "iou_O": ious[oracle], "overlap": iou(o, b)})
+    return pd.DataFrame(rows, columns=[*TRAJECTORY, "iou_B", "iou_O", "overlap"])
 
 
 def finite_or_none(value):

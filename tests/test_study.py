@@ -122,3 +122,25 @@ def test_study_figures_render_from_summaries(tmp_path):
     assert frame[frame.selector == "vote"].closure.iloc[0] == pytest.approx(0.5)
     for fig, name in ((viz.closure_figure(frame), "closure"), (viz.tau_figure(frame), "tau")):
         assert len(viz.save(fig, name, tmp_path)) == 2 and (tmp_path / f"{name}.png").stat().st_size > 0
+
+
+def test_oracle_wins_tell_a_redrawn_boundary_from_another_instance():
+    target = np.zeros((8, 8), bool)
+    target[1:5, 1:5] = True  # B's mask: 16 pixels
+    grown = target.copy()
+    grown[1:5, 5] = True  # the oracle redraws B's boundary: 20 pixels, 16 shared
+    other = np.zeros((8, 8), bool)
+    other[6:8, 6:8] = True  # the oracle takes another instance
+
+    def trajectory(episode, masks, ious):
+        return pd.DataFrame({"baseline": "b", "eta": 0.1, "gamma": 0.1, "drift": True, "seed": 0, "episode": episode,
+                             "step": range(len(masks)), "status": "ok", "iou": ious,
+                             "mask": [ex.mask_to_text(m) for m in masks]})
+
+    table = pd.concat([trajectory("boundary", [target, grown, target], [0.5, 0.7, 0.5]),
+                       trajectory("instance", [target, target, other], [0.1, 0.1, 0.9]),
+                       trajectory("no win", [target, other], [0.6, 0.61])], ignore_index=True)
+    wins = study.oracle_wins(table).set_index("episode")
+    assert list(wins.index) == ["boundary", "instance"]
+    assert wins.overlap.tolist() == pytest.approx([16 / 20, 0.0])
+    assert wins.loc["instance", "iou_O"] == 0.9 and wins.loc["boundary", "iou_B"] == 0.5
