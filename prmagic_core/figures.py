@@ -24,8 +24,8 @@ Profiles (tiny backend, baselines PerSAM-F and Matcher, ShapeWorld episodes of f
 - ``full``: the faithful world: 512-px episodes, Matcher and GF-SAM matching with DINO-Tiny, eta in
   {1e-2, 1e-3, 1e-4, 1e-5}, T = 5, seeds 0-2; the sweeps (02, 03, 05, 08) over 100 episodes, the
   headline B/T/O cells (04, 06) over 300, 07 over 100 development + 300 test episodes per cell.
-  Not run whole: 07 took 2947 s on the 2 cores, 05 649 s and 08 (PerSAM-F only) 931 s at one noise
-  seed (README); the whole profile is several hours, against the 60-minute target.
+  Run one notebook at a time on the 2 cores (README): 2.6 hours with 08 on PerSAM-F at one seed
+  (07 2947 s, 05 1863 s, 02 1685 s, ...), about 4 hours at full counts, against a 60-minute target.
 
 GPU, official SAM (``--backend sam``; not run here, no GPU was available): pass
 ``-p checkpoint /path/sam_vit_b_01ec64.pth`` (``-p model_type vit_l`` etc. for other sizes),
