@@ -175,10 +175,10 @@ display(Markdown(
 
 # %%
 wins = pd.concat([study.oracle_wins(test).assign(cell=f"{b}, {k}s") for (b, k), (_, test) in tables.items()])
-kinds = wins.groupby("cell", sort=False).overlap.agg(
+win_kinds = wins.groupby("cell", sort=False).overlap.agg(
     wins="size", median_overlap="median", switches=lambda overlap: float((overlap < 0.5).mean()))
 display(Markdown("Oracle wins per cell (`switches`: share with overlap < 0.5)\n\n"
-                 + an.markdown_table(kinds.reset_index(), formats={"median_overlap": ".2f", "switches": ".2f"})))
+                 + an.markdown_table(win_kinds.reset_index(), formats={"median_overlap": ".2f", "switches": ".2f"})))
 
 # %% [markdown]
 # ## Where the best selector still misses
