@@ -675,13 +675,15 @@ def miss_panels(lab: "Lab", table: pd.DataFrame, misses: pd.DataFrame, selector:
 
 
 def study_tables(setup: Setup, baselines, kinds, n_dev: int, n_test: int, seeds, steps: int = 5,
-                 dev_seed: int = 0, test_seed: int = 1, cache_dir="build/cache", etas: dict | None = None,
+                 dev_seed: int = 1, test_seed: int = 0, cache_dir="build/cache", etas: dict | None = None,
                  progress: bool = True) -> dict:
     """The selector study's tables: ``{(baseline, kind): (development, test)}``.
 
     Development: the first ``n_dev`` episodes of episode seed ``dev_seed``, noise seed ``seeds[0]``;
     test: the first ``n_test`` of ``test_seed`` (other scenes), every noise seed in ``seeds``;
-    eta: ``etas[kind]``, by default the kind's (1e-3 objects, 1e-4 parts).
+    eta: ``etas[kind]``, by default the kind's (1e-3 objects, 1e-4 parts). The default test episodes
+    are episode seed 0's, those of the headline B/T/O cells (notebooks 04, 06): their tables are
+    shared, so the study computes only its development trajectories when they are cached.
     """
     etas = {**DEFAULT_ETA, **(etas or {})}
     tables = {}

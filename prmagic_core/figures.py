@@ -23,9 +23,9 @@ Profiles (tiny backend, baselines PerSAM-F and Matcher, ShapeWorld episodes of f
   development + 6 test episodes per cell. Budget 5 minutes on a 2-core CPU (README: measured).
 - ``full``: the faithful world: 512-px episodes, Matcher and GF-SAM matching with DINO-Tiny, eta in
   {1e-2, 1e-3, 1e-4, 1e-5}, T = 5, seeds 0-2; the sweeps (02, 03, 05, 08) over 100 episodes, the
-  headline B/T/O cells (04, 06) over 300, 07 over 100 development + 300 test episodes per cell.
-  Run one notebook at a time on the 2 cores (README): 2.6 hours with 08 on PerSAM-F at one seed
-  (07 2947 s, 05 1863 s, 02 1685 s, ...), about 4 hours at full counts, against a 60-minute target.
+  headline B/T/O cells (04, 06) over 300, 07 over 100 development + 300 test episodes per cell (the
+  test episodes are 04's and 06's, so their tables are shared), 08 on PerSAM-F at one noise seed.
+  Measured on the 2 cores: see README (hours, against a 60-minute target).
 
 GPU, official SAM (``--backend sam``; not run here, no GPU was available): pass
 ``-p checkpoint /path/sam_vit_b_01ec64.pth`` (``-p model_type vit_l`` etc. for other sizes),
@@ -77,12 +77,15 @@ FIGURES = {
     "08_gradient_direction": ("08_direction_norm", "08_direction_vs_random", "08_push", "08_adaptive"),
 }
 # A notebook's own values on top of a profile: the headline B/T/O cells and the selector study report
-# on more episodes than the sweeps (>= 300 x 3 seeds per cell), the study at each kind's eta.
+# on more episodes than the sweeps (>= 300 x 3 seeds per cell), the study at each kind's eta; the
+# direction test (08: 19 tables per episode) runs PerSAM-F at one noise seed, as committed (Matcher
+# and 3 seeds add about 2 hours on 2 cores: -p baselines '["persam_f", "matcher"]' -p seeds "[0, 1, 2]").
 NOTEBOOK_PROFILES = {
     "04_oracle_vs_top1": {"full": {"n_episodes": 300}},
     "06_main_results": {"full": {"n_episodes": 300}},
     "07_selector_study": {"smoke": {"n_episodes": 6, "n_dev_episodes": 4, "etas": None},
                           "full": {"n_episodes": 300, "n_dev_episodes": 100, "etas": None}},
+    "08_gradient_direction": {"full": {"baselines": ["persam_f"], "seeds": [0]}},
 }
 
 

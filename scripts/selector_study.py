@@ -4,7 +4,7 @@
     python scripts/selector_study.py --cache-dir runs/study --report-only --json runs/study/report.json
 
 The tables are those of notebook 07 (:func:`prmagic_core.experiments.study_tables`: PerSAM-F and
-Matcher, objects and parts, development episode seed 0, test episode seed 1, each kind's eta,
+Matcher, objects and parts, development episode seed 1, test episode seed 0, each kind's eta,
 T = 5), computed with SAM-Tiny and resumable. The report scores every selector of
 ``select.FAMILY`` with :func:`prmagic_core.study.study_cell` on every table file of the cache
 (grouped by kind and episode seed as their settings say: a run killed and resumed in chunks
@@ -72,8 +72,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dev-episodes", type=int, default=8)
     parser.add_argument("--test-episodes", type=int, default=15)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--dev-seed", type=int, default=0)
-    parser.add_argument("--test-seed", type=int, default=1)
+    parser.add_argument("--dev-seed", type=int, default=1)
+    parser.add_argument("--test-seed", type=int, default=0)
     parser.add_argument("--n-boot", type=int, default=2000)
     parser.add_argument("--report-only", action="store_true", help="do not compute: report on the tables there")
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")

@@ -222,3 +222,16 @@ def test_interval_figures_draw_one_line_or_bar_per_setting(tmp_path):
     assert bars.axes[0].yaxis_inverted()  # the first setting on top
     viz.save(bars, "bars", tmp_path)
     assert (tmp_path / "bars.png").is_file() and (tmp_path / "bars.pdf").is_file()
+
+
+def test_the_selector_studys_test_tables_are_the_headline_cells(tmp_path, monkeypatch):
+    headline = ex.Sweep(baselines=("persam",), etas=(ex.DEFAULT_ETA["object"],), seeds=(0,), episodes=2, steps=2)
+    cells = ex.Lab(ex.Setup(), tmp_path, workers=1).sweep(headline, progress=False)
+    counter = Counting(ex.refine)
+    monkeypatch.setattr(ex, "refine", counter)
+    tables = ex.study_tables(ex.Setup(), ("persam",), ("object",), n_dev=1, n_test=2, seeds=(0,), steps=2,
+                             cache_dir=tmp_path, progress=False)
+    development, test = tables[("persam", "object")]
+    assert counter.calls == 1  # only the development trajectory is new: the test ones are notebook 04's
+    pd.testing.assert_frame_equal(test, cells)
+    assert set(development.episode).isdisjoint(test.episode)  # another episode seed: other scenes
