@@ -36,8 +36,9 @@
 #
 # **Runtime.** CPU, `backend="tiny"`: smoke 169 s (measured with other jobs beside it,
 # `prmagic figures --only 07 --profile smoke`, tables computed); full (512 px, fold 0, 300 test
-# episodes x 3 seeds + 100 development episodes per cell, `-p matching_encoder dino-tiny`) 2947 s
-# measured on 2 cores (2026-12-03, 2 workers). GPU, `backend="sam"`: not measured (no GPU was
+# episodes x 3 seeds + 100 development episodes per cell, DINO-Tiny matching) 807 s alone on 2
+# cores (2026-12-03, 2 workers) after notebooks 04 and 06, whose tables are the test episodes'
+# (alone, without them: about 50 minutes). GPU, `backend="sam"`: not measured (no GPU was
 # available); the cost is vit_b encoder passes, about 2 (T + 1) + 2 per trajectory. Rows already
 # in `cache_dir` are read, not recomputed.
 

@@ -25,7 +25,7 @@ Profiles (tiny backend, baselines PerSAM-F and Matcher, ShapeWorld episodes of f
   {1e-2, 1e-3, 1e-4, 1e-5}, T = 5, seeds 0-2; the sweeps (02, 03, 05, 08) over 100 episodes, the
   headline B/T/O cells (04, 06) over 300, 07 over 100 development + 300 test episodes per cell (the
   test episodes are 04's and 06's, so their tables are shared), 08 on PerSAM-F at one noise seed.
-  Measured on the 2 cores: see README (hours, against a 60-minute target).
+  One cold run alone on the 2 cores with 2 workers: 6878 s (README), against a 60-minute target.
 
 GPU, official SAM (``--backend sam``; not run here, no GPU was available): pass
 ``-p checkpoint /path/sam_vit_b_01ec64.pth`` (``-p model_type vit_l`` etc. for other sizes),
