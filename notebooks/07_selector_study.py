@@ -38,7 +38,7 @@
 # `prmagic figures --only 07 --profile smoke`, tables computed); full (512 px, fold 0, 300 test
 # episodes x 3 seeds + 100 development episodes per cell, DINO-Tiny matching) 807 s alone on 2
 # cores (2026-12-03, 2 workers) after notebooks 04 and 06, whose tables are the test episodes'
-# (alone, without them: about 50 minutes). GPU, `backend="sam"`: not measured (no GPU was
+# (run before them it computes those tables too, as 04 and 06 would: 1029 s + 837 s in that run). GPU, `backend="sam"`: not measured (no GPU was
 # available); the cost is vit_b encoder passes, about 2 (T + 1) + 2 per trajectory. Rows already
 # in `cache_dir` are read, not recomputed.
 
