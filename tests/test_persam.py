@@ -9,6 +9,7 @@ from prmagic_core.baselines.persam import (
     attention_bias,
     band_prompts,
     target_guidance,
+    upper_quantiles,
 )
 from prmagic_core.baselines.base import EmptySupportWarning
 from prmagic_core.data.shapeworld import episodes
@@ -70,6 +71,26 @@ def test_band_points_lie_in_their_nested_bands_and_never_repeat():
     assert values[0] == s.max()
     assert (values[1:3] >= q_upper).all() and (values[3:] >= q_lower).all()
     assert len({tuple(c) for c in prompts.coords}) == 5  # the top-1 pixel and band-1 picks never come back
+
+
+@pytest.mark.parametrize("quantiles", [BAND_QUANTILES, (0.99, 0.90), (0.5, 0.0, 1.0)])
+def test_upper_quantiles_equal_torch_quantile_bit_for_bit(quantiles):
+    generator = torch.Generator().manual_seed(8)
+    for trial in range(60):
+        n = 512 * 512 if trial == 0 else int(torch.randint(2, 300_000, (1,), generator=generator))
+        values = torch.randn(n, generator=generator)
+        if trial % 3 == 1:
+            values = (values * 4).round() / 4  # ties at the ranks
+        if trial % 3 == 2:
+            values = values.exp() * 1e3  # wide gaps: interpolation weights matter
+        expected = torch.quantile(values, torch.tensor(quantiles))
+        assert torch.equal(upper_quantiles(values, quantiles), expected), (n, quantiles)
+
+
+def test_upper_quantiles_follow_torch_quantile_on_nan():
+    values = torch.arange(10.0)
+    values[3] = float("nan")
+    assert upper_quantiles(values, BAND_QUANTILES).isnan().all()
 
 
 def test_a_band_of_the_top1_pixel_alone_gives_no_extra_point():
