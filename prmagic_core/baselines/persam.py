@@ -319,11 +319,11 @@ def upper_quantiles(values: torch.Tensor, quantiles: tuple) -> torch.Tensor:
     """``torch.quantile(values, quantiles)`` (linear interpolation) of a 1-D float tensor, bit for bit
     on CPU (tested), read from its top values instead of a full sort: the release's bands lie in the
     top 0.001% and 0.01% of a map, and sorting every pixel was a tenth of a refinement step at 512 px."""
+    q = torch.tensor(quantiles, dtype=values.dtype, device=values.device)
     if torch.isnan(values).any():  # torch.quantile's NaN rule, which top-k cannot follow
-        return torch.quantile(values, torch.tensor(quantiles, dtype=values.dtype, device=values.device))
+        return torch.quantile(values, q)
     n = values.numel()
-    # torch.quantile's ranks: the quantiles in the values' dtype, times n - 1 in float64
-    ranks = torch.tensor(quantiles, dtype=values.dtype, device=values.device).double() * (n - 1)
+    ranks = q.double() * (n - 1)  # torch.quantile's ranks: q in the values' dtype, times n - 1 in float64
     below, above = ranks.long(), ranks.ceil().long()
     descending = torch.topk(values, n - int(below.min())).values  # sorted[i] is descending[n - 1 - i]
     return descending[n - 1 - below].lerp_(descending[n - 1 - above], (ranks - below).to(values.dtype))
