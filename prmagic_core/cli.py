@@ -123,7 +123,8 @@ def cmd_train_dino_tiny(args) -> int:
 
     torch.set_num_threads(args.threads)
     cfg = DinoTrainConfig(fold=args.fold, steps=args.steps, scenes=args.scenes, batch=args.batch, seed=args.seed,
-                          contrastive_weight=args.contrastive_weight, object_weight=args.object_weight,
+                          contrastive_weight=args.contrastive_weight,
+                          factor_contrastive_weight=args.factor_contrastive_weight, object_weight=args.object_weight,
                           shuffle_fraction=args.shuffle_fraction, flat_fraction=args.flat_fraction,
                           lr=args.lr)
     out_dir = Path(args.out_dir)
@@ -348,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenes", type=int, default=600, help="pre-drawn ShapeWorld training scenes")
     p.add_argument("--batch", type=int, default=32, help="scenes per step")
     p.add_argument("--contrastive-weight", type=float, default=0.5, help="weight of the instance-contrastive term")
+    p.add_argument("--factor-contrastive-weight", type=float, default=0.0,
+                   help="weight of the factor-contrastive terms: shape on the pooled features' first half, texture on the second")
     p.add_argument("--object-weight", type=float, default=1.0, help="weight of the pooled objects' shape and texture heads")
     p.add_argument("--shuffle-fraction", type=float, default=0.5,
                    help="share of each batch with its tiles shuffled (texture without shape)")

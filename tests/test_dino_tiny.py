@@ -69,6 +69,22 @@ def test_contrastive_loss_prefers_same_class_together():
     assert loss(good) < loss(bad)
 
 
+def test_factor_contrastive_wants_its_factor_grouped_and_ignores_instances_without_it():
+    shape = torch.tensor([0, 0, 1, 1])
+    by_shape = torch.tensor([[1.0, 0], [1, 0], [0, 1], [0, 1]])
+    across_shape = torch.tensor([[1.0, 0], [0, 1], [1, 0], [0, 1]])
+    assert (dino_training.factor_contrastive(by_shape, shape, 0.1)
+            < dino_training.factor_contrastive(across_shape, shape, 0.1))
+    # a composite has no texture (-100): whatever its feature, the texture term does not see it
+    texture = torch.tensor([0, 0, 1, 1, -100])
+    with_composite = torch.cat([by_shape, torch.tensor([[5.0, -3.0]])])
+    other_composite = torch.cat([by_shape, torch.tensor([[-1.0, 7.0]])])
+    assert torch.equal(dino_training.factor_contrastive(with_composite, texture, 0.1),
+                       dino_training.factor_contrastive(other_composite, texture, 0.1))
+    assert torch.equal(dino_training.factor_contrastive(with_composite, texture, 0.1),
+                       dino_training.factor_contrastive(by_shape, shape, 0.1))
+
+
 def test_object_factors_split_a_class_into_shape_and_texture():
     factors = [dino_training.object_factors(shapeworld.ALL_CLASSES.index(n)) for n in ("dots-circle", "stripes-star")]
     assert [(dino_training.SHAPE_LABELS[s], dino_training.TEXTURE_LABELS[t]) for s, t in factors] == [

@@ -67,6 +67,7 @@ class DinoTrainConfig:
     weight_decay: float = 0.05
     background_weight: float = 0.2
     contrastive_weight: float = 0.5
+    factor_contrastive_weight: float = 0.0
     temperature: float = 0.1
     object_weight: float = 1.0
     shuffle_fraction: float = 0.5
@@ -252,6 +253,12 @@ def instance_contrastive(pooled: torch.Tensor, labels: torch.Tensor, temperature
     return -((log_prob * positive).sum(1)[has] / positive.sum(1)[has]).mean()
 
 
+def factor_contrastive(pooled: torch.Tensor, factor: torch.Tensor, temperature: float) -> torch.Tensor:
+    """:func:`instance_contrastive` by one factor (shape or texture) of the instances that show it (not -100)."""
+    shown = factor != -100
+    return instance_contrastive(pooled[shown], factor[shown], temperature)
+
+
 def _cross_entropy(logits: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
     """Mean cross-entropy over the targets that are not -100 (0 when there are none)."""
     if not (target != -100).any():
@@ -277,7 +284,12 @@ def training_loss(model, heads, x, labels, classes, views, cfg: DinoTrainConfig)
     loss = loss + cfg.object_weight * (_cross_entropy(heads["object_shape"](pooled), shape_target)
                                        + _cross_entropy(heads["object_texture"](pooled), texture_target))
     whole = views[image] == INTACT
-    return loss + cfg.contrastive_weight * instance_contrastive(pooled[whole], instance_classes[whole], cfg.temperature)
+    loss = loss + cfg.contrastive_weight * instance_contrastive(pooled[whole], instance_classes[whole], cfg.temperature)
+    if cfg.factor_contrastive_weight:
+        half = pooled.shape[1] // 2
+        loss = loss + cfg.factor_contrastive_weight * (factor_contrastive(pooled[:, :half], shape_target, cfg.temperature)
+                                                       + factor_contrastive(pooled[:, half:], texture_target, cfg.temperature))
+    return loss
 
 
 def train(cfg: DinoTrainConfig, out_dir: Path, resume: bool = False, progress: bool = True) -> dict:
