@@ -136,3 +136,11 @@ def test_quality_numbers_are_fractions_on_novel_classes():
     result = evaluate_dino_tiny(build_dino_tiny().eval(), episodes=8, fold=1, size=64)
     assert 0 <= result["novel_class_accuracy"] <= 1 and 0 <= result["patch_foreground_match"] <= 1
     assert result["novel_classes"] == list(shapeworld.novel_classes(1))
+    # every wrong pick is one confusion between two of the fold's novel classes
+    wrong = round((1 - result["novel_class_accuracy"]) * 8)
+    assert sum(result["confusions"].values()) == wrong
+    for pair in result["confusions"]:
+        true, picked = pair.split(" -> ")
+        assert true != picked and {true, picked} <= set(result["novel_classes"])
+    assert set(result["class_accuracy"]) <= set(result["novel_classes"])
+    assert all(0 <= a <= 1 for a in result["class_accuracy"].values())

@@ -5,6 +5,8 @@
   as weight) is compared by cosine with the support objects of 6 candidate classes: the
   episode's own support and the supports of 5 other novel classes (from other episodes of
   the same draw); correct when its own support is the nearest.
+  Per class, ``class_accuracy`` (fraction right) and ``confusions`` ("true -> picked": count of
+  the wrong picks) say where it fails.
 - ``patch_foreground_match``: over all query patches at least half covered by the query
   mask, the fraction whose most similar support patch (cosine of the L2-normalised tokens)
   is at least half covered by the support mask.
@@ -12,6 +14,8 @@
 Both use the tokens Matcher matches with (:func:`.dinov2.patch_tokens`).
 """
 from __future__ import annotations
+
+from collections import Counter
 
 import numpy as np
 import torch
@@ -50,19 +54,23 @@ def evaluate_dino_tiny(model, episodes: int = 300, fold: int = 0, seed: int = EV
     support_pooled = torch.stack([_pooled(*s) for s in supports])
     classes = np.array([ep.class_name for ep in draw])
     rng = np.random.default_rng([seed, fold, episodes])
-    correct, hits, patches = 0, 0, 0
+    picks, hits, patches = [], 0, 0
     for i, (query_tokens, query_cover) in enumerate(queries):
         others = [c for c in np.unique(classes) if c != classes[i]]
         picked = rng.choice(others, size=min(CANDIDATES - 1, len(others)), replace=False)
         candidates = [i] + [int(rng.choice(np.flatnonzero(classes == c))) for c in picked]
         scores = support_pooled[candidates] @ _pooled(query_tokens, query_cover)
-        correct += int(scores.argmax()) == 0
+        picks.append(str(classes[candidates[int(scores.argmax())]]))
         support_tokens, support_cover = supports[i]
         foreground = query_cover >= 0.5
         similarity = F.normalize(query_tokens[foreground], dim=1) @ F.normalize(support_tokens, dim=1).T
         hits += int((support_cover[similarity.argmax(1)] >= 0.5).sum())
         patches += int(foreground.sum())
-    return dict(novel_class_accuracy=round(correct / episodes, 4),
+    right = np.array(picks) == classes
+    confusions = Counter(f"{true} -> {pick}" for true, pick in zip(classes, picks) if true != pick)
+    return dict(novel_class_accuracy=round(float(right.mean()), 4),
                 patch_foreground_match=round(hits / max(patches, 1), 4),
+                class_accuracy={str(c): round(float(right[classes == c].mean()), 4) for c in np.unique(classes)},
+                confusions=dict(confusions.most_common()),
                 episodes=episodes, fold=fold, seed=seed, image_size=size, candidates=CANDIDATES,
                 novel_classes=list(shapeworld.novel_classes(fold)))
