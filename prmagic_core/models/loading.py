@@ -14,6 +14,7 @@ from segment_anything import sam_model_registry
 from segment_anything.modeling import Sam
 
 from ..errors import UserError
+from .attention import use_short_key_attention
 from .tiny import TINY_WEIGHTS, build_sam_tiny
 
 OFFICIAL_TYPES = ("vit_b", "vit_l", "vit_h")
@@ -97,7 +98,8 @@ def load_sam(model_type: str = "tiny", checkpoint: str | Path | None = None, dev
 
     Official types need ``checkpoint`` (a path, never downloaded); ``tiny`` defaults to the
     weights shipped with the package. A checkpoint of another type is an error that names
-    the type it fits, or the keys and shapes that do not match.
+    the type it fits, or the keys and shapes that do not match. The decoder's attention runs as
+    :class:`.attention.ShortKeyAttention` (SAM's result up to float rounding, faster on a CPU).
     """
     build = _builder(model_type)
     if checkpoint is None:
@@ -113,7 +115,7 @@ def load_sam(model_type: str = "tiny", checkpoint: str | Path | None = None, dev
         hint = f"; it is a {fits} checkpoint, use model type {fits}" if fits else ""
         raise CheckpointError(f"{checkpoint}: not a {model_type} checkpoint: {problem}{hint}")
     model.load_state_dict(state)
-    return model.eval().to(resolve_device(device))
+    return use_short_key_attention(model).eval().to(resolve_device(device))
 
 
 def resolve_device(device: str = "auto") -> torch.device:
