@@ -76,6 +76,11 @@ FIGURES = {
     "07_selector_study": ("07_closure", "07_tau", "07_misses"),
     "08_gradient_direction": ("08_direction_norm", "08_direction_vs_random", "08_push", "08_adaptive"),
 }
+# ``--only`` groups: the paper's figures (every headline B/T/O cell and the eta sweep the faithful world
+# asks for) and the studies beyond the paper that later issues added.
+GROUPS = {"paper": ["00_theory", "01_walkthrough", "02_eta_sensitivity", "03_optimal_step_histograms",
+                    "04_oracle_vs_top1", "06_main_results"],
+          "studies": ["05_drift_vs_noise", "07_selector_study", "08_gradient_direction"]}
 # A notebook's own values on top of a profile: the headline B/T/O cells and the selector study report
 # on more episodes than the sweeps (>= 300 x 3 seeds per cell), the study at each kind's eta; the
 # direction test (08: 19 tables per episode) runs PerSAM-F at one noise seed, as committed (Matcher
@@ -110,7 +115,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="override one notebook parameter (repeatable)")
     parser.add_argument("--only", action="append", default=None, metavar="NAME",
-                        help="run only this notebook (name or number prefix, e.g. 04; repeatable)")
+                        help="run only this notebook (name or number prefix, e.g. 04; repeatable) or group: paper (00-04, 06), studies (05, 07, 08)")
     parser.add_argument("--notebooks", default=str(REPO / "notebooks"), help="folder holding the notebooks")
     parser.add_argument("--out-dir", default=None, help="figures and headline JSON (default: <repo>/figures for --profile full, else <build-dir>/figures)")
     parser.add_argument("--build-dir", default=None, help="executed copies (default <notebooks>/build)")
@@ -128,15 +133,17 @@ def parse_value(text: str):
 
 
 def selected(only) -> list:
-    """The notebooks named by ``--only`` (full names or number prefixes), in running order; all by default."""
+    """The notebooks named by ``--only`` (full names, number prefixes or a :data:`GROUPS` name), in
+    running order; all by default."""
     if not only:
         return list(FIGURES)
     chosen = []
     for item in only:
-        matches = [name for name in FIGURES if name == item or name[:2] == item]
-        if len(matches) != 1:
-            raise ValueError(f"--only {item!r} matches {matches or 'no notebook'}; notebooks: {', '.join(FIGURES)}")
-        chosen.append(matches[0])
+        matches = GROUPS.get(item) or [name for name in FIGURES if name == item or name[:2] == item]
+        if len(matches) != 1 and item not in GROUPS:
+            raise ValueError(f"--only {item!r} matches {matches or 'no notebook'}; notebooks: {', '.join(FIGURES)}; "
+                             f"groups: {', '.join(GROUPS)}")
+        chosen.extend(matches)
     return [name for name in FIGURES if name in chosen]
 
 

@@ -140,6 +140,9 @@ def test_only_selects_by_name_or_number():
     assert figures.selected(["06_main_results", "00"]) == ["00_theory", "06_main_results"]
     with pytest.raises(ValueError, match="no notebook"):
         figures.selected(["99"])
+    assert figures.selected(["studies", "01"]) == ["01_walkthrough", "05_drift_vs_noise", "07_selector_study",
+                                                   "08_gradient_direction"]
+    assert sorted(figures.selected(["paper"]) + figures.selected(["studies"])) == list(figures.FIGURES)
     assert figures.parse_value("[1e-3, 1e-2]") == [1e-3, 1e-2] and figures.parse_value("/a/b.pth") == "/a/b.pth"
 
 
