@@ -21,7 +21,7 @@
 # while 1e-4 and 1e-5 converge too slowly. Lines are means over seeds, bands one standard
 # deviation across seeds.
 #
-# **Runtime.** CPU, `backend="tiny"` (2 cores shared with another job): smoke 20 s (measured), full ~11 min (estimated). GPU, `backend="sam"`: not measured (no GPU was available); the cost is vit_b encoder passes, about 2 (T + 1) + 2 per trajectory. Rows already in `cache_dir` are read, not recomputed.
+# **Runtime.** CPU, `backend="tiny"` (2 cores shared with another job): smoke 20 s (measured), full 1472 s alone on 2 cores (2 workers) in a cold `prmagic figures --profile full --only paper` run (2026-12-03). GPU, `backend="sam"`: not measured (no GPU was available); the cost is vit_b encoder passes, about 2 (T + 1) + 2 per trajectory. Rows already in `cache_dir` are read, not recomputed.
 
 # %% tags=["parameters"]
 backend = "tiny"  # "tiny": SAM-Tiny on ShapeWorld; "sam": an official checkpoint on real data

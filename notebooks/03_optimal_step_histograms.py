@@ -21,7 +21,7 @@
 # (mean about 3, std about 1.8 with T = 5). A wide spread is the paper's argument for keeping
 # every step's candidate and selecting afterwards.
 #
-# **Runtime.** CPU, `backend="tiny"` (2 cores shared with another job): smoke 7 s (measured); full ~10 s when 02's table is cached. GPU, `backend="sam"`: not measured (no GPU was available); the cost is vit_b encoder passes, about 2 (T + 1) + 2 per trajectory. Rows already in `cache_dir` are read, not recomputed.
+# **Runtime.** CPU, `backend="tiny"` (2 cores shared with another job): smoke 7 s (measured); full 29 s when 02's table is cached (measured alone, 2026-12-03). GPU, `backend="sam"`: not measured (no GPU was available); the cost is vit_b encoder passes, about 2 (T + 1) + 2 per trajectory. Rows already in `cache_dir` are read, not recomputed.
 
 # %% tags=["parameters"]
 backend = "tiny"  # "tiny": SAM-Tiny on ShapeWorld; "sam": an official checkpoint on real data

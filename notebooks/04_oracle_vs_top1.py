@@ -22,7 +22,7 @@
 # O - T is what a better selector could still gain. Then every episode on its own, and the cases
 # where the selector picks wrong.
 #
-# **Runtime.** CPU, `backend="tiny"` (2 cores shared with another job): smoke 9 s (measured); full ~15 s when 02's table is cached. GPU, `backend="sam"`: not measured (no GPU was available); the cost is vit_b encoder passes, about 2 (T + 1) + 2 per trajectory. Rows already in `cache_dir` are read, not recomputed.
+# **Runtime.** CPU, `backend="tiny"` (2 cores shared with another job): smoke 9 s (measured); full 1001 s alone on 2 cores after 02, whose 100 episodes at eta 1e-3 it reuses (computing 200 more per cell; 2026-12-03). GPU, `backend="sam"`: not measured (no GPU was available); the cost is vit_b encoder passes, about 2 (T + 1) + 2 per trajectory. Rows already in `cache_dir` are read, not recomputed.
 
 # %% tags=["parameters"]
 backend = "tiny"  # "tiny": SAM-Tiny on ShapeWorld; "sam": an official checkpoint on real data

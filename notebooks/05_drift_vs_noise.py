@@ -25,7 +25,7 @@
 # moves and the draws are fixed, so every candidate equals the baseline's). The four flows above
 # use fixed draws.
 #
-# **Runtime.** CPU, `backend="tiny"`: smoke 21 s (measured with another job on the 2 cores); full (512 px, 100 episodes x 3 seeds, PerSAM-F and Matcher with DINO-Tiny) 1641 s alone on 2 cores in a cold full-profile run (2026-12-03; 1863 s with a test run beside it; 649 s at one seed). GPU, `backend="sam"`: not measured (no GPU was available); the cost is vit_b encoder passes, about 2 (T + 1) + 2 per trajectory. Rows already in `cache_dir` are read, not recomputed.
+# **Runtime.** CPU, `backend="tiny"`: smoke 21 s (measured with another job on the 2 cores); full (512 px, 100 episodes x 3 seeds, PerSAM-F and Matcher with DINO-Tiny) 1248 s alone on 2 cores after the paper's figures (2026-12-03 19:09; 1641 s in a cold full-profile run before the decoder attention change; 649 s at one seed). GPU, `backend="sam"`: not measured (no GPU was available); the cost is vit_b encoder passes, about 2 (T + 1) + 2 per trajectory. Rows already in `cache_dir` are read, not recomputed.
 
 # %% tags=["parameters"]
 backend = "tiny"  # "tiny": SAM-Tiny on ShapeWorld; "sam": an official checkpoint on real data

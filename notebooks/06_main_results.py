@@ -22,7 +22,7 @@
 # listed too. With `backend="tiny"` the tasks are ShapeWorld objects (semantic) and parts; with
 # `backend="sam"` the real benchmarks under `data_root/<benchmark>`.
 #
-# **Runtime.** CPU, `backend="tiny"` (2 cores shared with another job): smoke 17 s (measured), full ~3 min (estimated). GPU, `backend="sam"`: not measured (no GPU was available); the cost is vit_b encoder passes, about 2 (T + 1) + 2 per trajectory. Rows already in `cache_dir` are read, not recomputed.
+# **Runtime.** CPU, `backend="tiny"` (2 cores shared with another job): smoke 17 s (measured), full 714 s alone on 2 cores after 04, whose object tables it reuses (computing the part rows; 2026-12-03). GPU, `backend="sam"`: not measured (no GPU was available); the cost is vit_b encoder passes, about 2 (T + 1) + 2 per trajectory. Rows already in `cache_dir` are read, not recomputed.
 
 # %% tags=["parameters"]
 backend = "tiny"  # "tiny": SAM-Tiny on ShapeWorld; "sam": an official checkpoint on real data

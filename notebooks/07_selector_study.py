@@ -36,7 +36,7 @@
 #
 # **Runtime.** CPU, `backend="tiny"`: smoke 169 s (measured with other jobs beside it,
 # `prmagic figures --only 07 --profile smoke`, tables computed); full (512 px, fold 0, 300 test
-# episodes x 3 seeds + 100 development episodes per cell, DINO-Tiny matching) 807 s alone on 2
+# episodes x 3 seeds + 100 development episodes per cell, DINO-Tiny matching) 519 s (807 s before the decoder attention change) alone on 2
 # cores (2026-12-03, 2 workers) after notebooks 04 and 06, whose tables are the test episodes'
 # (run before them it computes those tables too, as 04 and 06 would: 1029 s + 837 s in that run). GPU, `backend="sam"`: not measured (no GPU was
 # available); the cost is vit_b encoder passes, about 2 (T + 1) + 2 per trajectory. Rows already

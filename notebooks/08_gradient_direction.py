@@ -29,7 +29,7 @@
 # the same episodes. Intervals are 95%, by a bootstrap over episodes (all seeds of an episode
 # resampled together).
 #
-# **Runtime.** CPU, `backend="tiny"`: smoke 590 s measured with ~8 other jobs on the 2 cores (about 50 s alone); full (the profile runs it on PerSAM-F at one noise seed: 512 px, 100 episodes, 5 norms x 4 directions, 3 adaptive steps, 4 etas x 2) 839 s alone on 2 cores in a cold full-profile run (2026-12-03; 931 s earlier; 866 s alone by itself later that day, same figures). Both baselines at 3 seeds (`-p baselines '["persam_f", "matcher"]' -p seeds "[0, 1, 2]"`) is about 2 hours more on such a CPU. GPU, `backend="sam"`: not measured (no GPU was available); the cost is vit_b encoder passes, about 2 (T + 1) + 2 per trajectory. Rows already in `cache_dir` are read, not recomputed.
+# **Runtime.** CPU, `backend="tiny"`: smoke 590 s measured with ~8 other jobs on the 2 cores (about 50 s alone); full (the profile runs it on PerSAM-F at one noise seed: 512 px, 100 episodes, 5 norms x 4 directions, 3 adaptive steps, 4 etas x 2) 759 s alone on 2 cores after the paper's figures (2026-12-03 19:39; 839 s in a cold full-profile run before the decoder attention change). Both baselines at 3 seeds (`-p baselines '["persam_f", "matcher"]' -p seeds "[0, 1, 2]"`) is about 2 hours more on such a CPU. GPU, `backend="sam"`: not measured (no GPU was available); the cost is vit_b encoder passes, about 2 (T + 1) + 2 per trajectory. Rows already in `cache_dir` are read, not recomputed.
 
 # %% tags=["parameters"]
 backend = "tiny"  # "tiny": SAM-Tiny on ShapeWorld; "sam": an official checkpoint on real data
