@@ -139,11 +139,14 @@ def selected(only) -> list:
         return list(FIGURES)
     chosen = []
     for item in only:
-        matches = GROUPS.get(item) or [name for name in FIGURES if name == item or name[:2] == item]
-        if len(matches) != 1 and item not in GROUPS:
+        if item in GROUPS:
+            chosen.extend(GROUPS[item])
+            continue
+        matches = [name for name in FIGURES if name == item or name[:2] == item]
+        if len(matches) != 1:
             raise ValueError(f"--only {item!r} matches {matches or 'no notebook'}; notebooks: {', '.join(FIGURES)}; "
                              f"groups: {', '.join(GROUPS)}")
-        chosen.extend(matches)
+        chosen.append(matches[0])
     return [name for name in FIGURES if name in chosen]
 
 
