@@ -145,7 +145,7 @@ def cmd_evaluate_dino_tiny(args) -> int:
 
     torch.set_num_threads(args.threads)
     result = evaluate_dino_tiny(load_dino_tiny(args.checkpoint), episodes=args.episodes, fold=args.fold,
-                                seed=args.seed, size=args.image_size, progress=not args.json)
+                                seed=args.seed, size=args.image_size, progress=not args.json, block=args.block)
     if args.json:
         _print_json_last(result)
     else:
@@ -370,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=300, help="held-out novel-class episodes")
     p.add_argument("--seed", type=int, default=1000, help="evaluation seed (never shared with training scenes)")
     p.add_argument("--image-size", type=int, default=512, help="episodes' render size")
+    p.add_argument("--block", type=int, default=-1,
+                   help="read this block's tokens (default -1, the last, which Matcher matches with)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--json", action="store_true", help="last line: a JSON object with the numbers")
     p.set_defaults(func=cmd_evaluate_dino_tiny)

@@ -144,3 +144,22 @@ def test_quality_numbers_are_fractions_on_novel_classes():
         assert true != picked and {true, picked} <= set(result["novel_classes"])
     assert set(result["class_accuracy"]) <= set(result["novel_classes"])
     assert all(0 <= a <= 1 for a in result["class_accuracy"].values())
+
+
+def test_an_earlier_block_reads_what_a_network_cut_after_it_would_return():
+    torch.manual_seed(0)
+    model = build_dino_tiny().eval()
+    image = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    last = patch_tokens(model, image)
+    assert torch.equal(patch_tokens(model, image, block=len(model.blocks) - 1), last)
+    first = patch_tokens(model, image, block=0)
+    assert not torch.allclose(first, last)
+    model.blocks = model.blocks[:1]
+    assert torch.allclose(patch_tokens(model, image), first, atol=1e-6)
+
+
+def test_block_out_of_range_is_one_clear_error():
+    model = build_dino_tiny().eval()
+    with pytest.raises(ValueError, match="block 3 does not exist: this model has 3 blocks"):
+        evaluate_dino_tiny(model, episodes=2, fold=0, size=64, block=3)
+    assert evaluate_dino_tiny(model, episodes=4, fold=0, size=64, block=-3)["block"] == -3

@@ -11,7 +11,8 @@
   mask, the fraction whose most similar support patch (cosine of the L2-normalised tokens)
   is at least half covered by the support mask.
 
-Both use the tokens Matcher matches with (:func:`.dinov2.patch_tokens`).
+Both use the tokens Matcher matches with (:func:`.dinov2.patch_tokens`, the last block's); ``block``
+reads an earlier block's instead, to see where in the network the features stop generalising.
 """
 from __future__ import annotations
 
@@ -32,9 +33,9 @@ def _coverage(mask: np.ndarray, grid: tuple) -> torch.Tensor:
     return F.interpolate(torch.as_tensor(mask, dtype=torch.float32)[None, None], grid, mode="area")[0, 0]
 
 
-def _features(model, image: np.ndarray, mask: np.ndarray):
+def _features(model, image: np.ndarray, mask: np.ndarray, block: int):
     """(h*w, C) tokens and (h*w,) mask coverage of one image."""
-    tokens = patch_tokens(model, image).cpu()
+    tokens = patch_tokens(model, image, block).cpu()
     return tokens.flatten(1).T, _coverage(mask, tuple(tokens.shape[-2:])).flatten()
 
 
@@ -43,14 +44,17 @@ def _pooled(tokens: torch.Tensor, coverage: torch.Tensor) -> torch.Tensor:
 
 
 def evaluate_dino_tiny(model, episodes: int = 300, fold: int = 0, seed: int = EVAL_SEED, size: int = 512,
-                       progress: bool = False) -> dict:
+                       progress: bool = False, block: int = -1) -> dict:
     from tqdm.auto import tqdm
 
+    depth = len(model.blocks)
+    if not -depth <= block < depth:
+        raise ValueError(f"block {block} does not exist: this model has {depth} blocks (0..{depth - 1}, or -1..-{depth})")
     draw = shapeworld.episodes(episodes, seed=seed, kind="object", size=size, fold=fold)
     queries, supports = [], []
     for ep in tqdm(draw, disable=not progress, desc="dino-tiny features"):
-        queries.append(_features(model, ep.query_image, ep.query_mask))
-        supports.append(_features(model, ep.support_images[0], ep.support_masks[0]))
+        queries.append(_features(model, ep.query_image, ep.query_mask, block))
+        supports.append(_features(model, ep.support_images[0], ep.support_masks[0], block))
     support_pooled = torch.stack([_pooled(*s) for s in supports])
     classes = np.array([ep.class_name for ep in draw])
     rng = np.random.default_rng([seed, fold, episodes])
@@ -72,5 +76,5 @@ def evaluate_dino_tiny(model, episodes: int = 300, fold: int = 0, seed: int = EV
                 patch_foreground_match=round(hits / max(patches, 1), 4),
                 class_accuracy={str(c): round(float(right[classes == c].mean()), 4) for c in np.unique(classes)},
                 confusions=dict(confusions.most_common()),
-                episodes=episodes, fold=fold, seed=seed, image_size=size, candidates=CANDIDATES,
+                episodes=episodes, fold=fold, seed=seed, image_size=size, candidates=CANDIDATES, block=block,
                 novel_classes=list(shapeworld.novel_classes(fold)))

@@ -45,15 +45,16 @@ def load_dinov2(checkpoint: str | Path, device: str = "cpu", architecture: str =
 
 
 @torch.no_grad()
-def patch_tokens(model: torch.nn.Module, image: np.ndarray) -> torch.Tensor:
+def patch_tokens(model: torch.nn.Module, image: np.ndarray, block: int = -1) -> torch.Tensor:
     """(C, h, w) patch tokens of an HxWx3 uint8 image: stretched to the model's square input,
-    ImageNet-normalised, the last block's output before the final norm, prefix tokens dropped."""
+    ImageNet-normalised, the output of ``block`` (the last, as Matcher reads; negative counts from
+    the end) before the final norm, prefix tokens dropped."""
     device = next(model.parameters()).device
     side = model.patch_embed.img_size
     x = torch.as_tensor(image, device=device).permute(2, 0, 1)[None].float() / 255
     x = F.interpolate(x, side, mode="bilinear", align_corners=False, antialias=True)
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-    (tokens,) = model.forward_intermediates((x - mean) / std, indices=1, norm=False, output_fmt="NCHW",
+    (tokens,) = model.forward_intermediates((x - mean) / std, indices=[block], norm=False, output_fmt="NCHW",
                                             intermediates_only=True)
     return tokens[0]
