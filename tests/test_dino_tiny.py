@@ -12,8 +12,9 @@ from prmagic_core.models.loading import CheckpointError
 SMALL = dict(steps=4, scenes=12, batch=4, warmup=1, checkpoint_every=2)
 
 
-def test_resumed_training_equals_an_uninterrupted_run(tmp_path, monkeypatch):
-    cfg = dino_training.DinoTrainConfig(**SMALL)
+@pytest.mark.parametrize("context_weight", [0.0, 0.5])
+def test_resumed_training_equals_an_uninterrupted_run(tmp_path, monkeypatch, context_weight):
+    cfg = dino_training.DinoTrainConfig(**SMALL, context_weight=context_weight, context_pairs=2)
     dino_training.train(cfg, tmp_path / "whole", progress=False)
 
     real_loss = dino_training.training_loss
@@ -123,6 +124,48 @@ def test_a_batch_holds_each_view_in_its_share():
     assert pool.owners.shape == (4, dino_training.INPUT, dino_training.INPUT)
     _, labels, _, views = pool.batch(np.random.default_rng(0), 4, shuffle_fraction=0.5, tile=16, flat_fraction=0.25)
     assert views.tolist() == [dino_training.SHUFFLED, dino_training.SHUFFLED, dino_training.FLAT, dino_training.INTACT]
+
+
+def _pixels(x: torch.Tensor) -> np.ndarray:
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (dino_training.IMAGENET_MEAN, dino_training.IMAGENET_STD))
+    return (x * std + mean).mul(255).round().permute(0, 2, 3, 1).numpy().astype(np.uint8)
+
+
+def test_a_pasted_object_keeps_its_pixels_and_class_and_takes_the_host_scene_around_it():
+    pool = dino_training.LabelledPool(6, 0, 0)
+    rng = np.random.default_rng(3)
+    sources, hosts = np.random.default_rng(3).choice(6, size=(2, 2), replace=False)
+    x, coverage, classes = pool.pasted(rng, 2)
+    images = _pixels(x)
+    assert classes.tolist() == [pool.classes[s][0] for s in sources] * 2
+    for i, (source, host) in enumerate(zip(sources, hosts)):
+        target = pool.owners[source] == 0
+        assert coverage[i].sum() == pytest.approx(coverage[i + 2].sum()) == pytest.approx(target.mean() * 256)
+        own = pasted = False
+        for turn in range(4):  # each view is turned and flipped on its own: undo whichever it was
+            for flip in (False, True):
+                a, b = np.rot90(images[i], -turn, (0, 1)), np.rot90(images[i + 2], -turn, (0, 1))
+                if flip:
+                    a, b = np.rot90(images[i][:, ::-1], -turn, (0, 1)), np.rot90(images[i + 2][:, ::-1], -turn, (0, 1))
+                own |= np.array_equal(a, pool.images[source])
+                pasted |= (np.array_equal(b[target], pool.images[source][target])
+                           and np.array_equal(b[~target], pool.images[host][~target]))
+        assert own and pasted
+
+
+def test_context_loss_is_lowest_when_an_object_looks_the_same_in_both_scenes(monkeypatch):
+    coverage = torch.zeros(4, 256)
+    coverage[:, :10] = 1.0
+    classes = torch.tensor([1, 2, 1, 2])
+    same, other = torch.randn(2, 64), torch.randn(2, 64)
+
+    def loss_with(second_view: torch.Tensor) -> float:
+        pooled = torch.cat([same, second_view])
+        tokens = pooled[:, None, :].expand(4, 256, 64) + 0 * coverage[..., None]
+        monkeypatch.setattr(dino_training, "prenorm_tokens", lambda model, x: tokens)
+        return float(dino_training.context_loss(None, None, coverage, classes, 0.1))
+
+    assert loss_with(same) < loss_with(other)
 
 
 def test_wrong_checkpoint_is_one_clear_error(tmp_path):
