@@ -153,6 +153,12 @@ def test_a_pasted_object_keeps_its_pixels_and_class_and_takes_the_host_scene_aro
         assert own and pasted
 
 
+def test_too_few_scenes_for_the_context_pairs_is_one_clear_error(tmp_path):
+    cfg = dino_training.DinoTrainConfig(**dict(SMALL, scenes=12), context_weight=0.5, context_pairs=7)
+    with pytest.raises(ValueError, match="at least twice context_pairs"):
+        dino_training.train(cfg, tmp_path, progress=False)
+
+
 def test_context_loss_is_lowest_when_an_object_looks_the_same_in_both_scenes(monkeypatch):
     coverage = torch.zeros(4, 256)
     coverage[:, :10] = 1.0

@@ -181,7 +181,6 @@ class LabelledPool:
         return (normalise(np.stack(images)), torch.as_tensor(np.stack(labels)), [self.classes[i] for i in picks],
                 torch.as_tensor(views))
 
-
     def pasted(self, rng: np.random.Generator, n: int):
         """``n`` scenes' targets each shown twice, in its own scene and pasted at the same place into
         another scene: images (2n, 3, INPUT, INPUT) normalised (the first n in their own scenes, each
@@ -341,6 +340,8 @@ def train(cfg: DinoTrainConfig, out_dir: Path, resume: bool = False, progress: b
     """Train DINO-Tiny; writes ``checkpoint.pt`` periodically and ``dino_tiny.pt`` (backbone only) at the end."""
     if cfg.scenes < cfg.batch:
         raise ValueError(f"scenes ({cfg.scenes}) must be at least batch ({cfg.batch})")
+    if cfg.context_weight and 2 * cfg.context_pairs > cfg.scenes:
+        raise ValueError(f"scenes ({cfg.scenes}) must be at least twice context_pairs ({cfg.context_pairs})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
