@@ -30,7 +30,8 @@ shown twice, in their own scene and pasted at the same place into another
 (:func:`context_loss`): an object's feature should not depend on what surrounds it. Evaluation
 scenes put distractors of any class, often sharing the target's shape or texture, around it,
 and the shipped weights class novel objects alone on a plain background better than in their
-scenes.
+scenes (0.912 against 0.860-0.890). Tried at 0.5 and 1.0 (16000 scenes), it classed novel objects
+worse (0.810 and 0.843, against 0.880 without it).
 Instances and classes are asked of the intact images only. Texture and part are asked of the
 patches that have one; only the shape head also tells objects from background (label 0,
 down-weighted).
