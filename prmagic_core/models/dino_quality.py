@@ -29,14 +29,14 @@ EVAL_SEED = 1000
 CANDIDATES = 6
 
 
-def _coverage(mask: np.ndarray, grid: tuple) -> torch.Tensor:
+def patch_coverage(mask: np.ndarray, grid: tuple) -> torch.Tensor:
     return F.interpolate(torch.as_tensor(mask, dtype=torch.float32)[None, None], grid, mode="area")[0, 0]
 
 
 def _features(model, image: np.ndarray, mask: np.ndarray, block: int):
     """(h*w, C) tokens and (h*w,) mask coverage of one image."""
     tokens = patch_tokens(model, image, block).cpu()
-    return tokens.flatten(1).T, _coverage(mask, tuple(tokens.shape[-2:])).flatten()
+    return tokens.flatten(1).T, patch_coverage(mask, tuple(tokens.shape[-2:])).flatten()
 
 
 def _pooled(tokens: torch.Tensor, coverage: torch.Tensor) -> torch.Tensor:

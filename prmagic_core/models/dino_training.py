@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import shapeworld
+from .dino_quality import patch_coverage
 from .dinov2 import IMAGENET_MEAN, IMAGENET_STD
 from .dino_tiny import DINO_TINY_CONFIG, build_dino_tiny
 from .training import _lr_factor, _save_atomic
@@ -199,9 +200,9 @@ class LabelledPool:
                 if flip:
                     image, target = image[:, ::-1], target[:, ::-1]
                 images.append(np.ascontiguousarray(image))
-                coverage.append(target.reshape(GRID, INPUT // GRID, GRID, INPUT // GRID).mean((1, 3)).ravel())
+                coverage.append(patch_coverage(np.ascontiguousarray(target), (GRID, GRID)).flatten())
         classes = [self.classes[s][0] for s in sources] * 2
-        return (normalise(np.stack(images)), torch.as_tensor(np.stack(coverage), dtype=torch.float32),
+        return (normalise(np.stack(images)), torch.stack(coverage),
                 torch.as_tensor(classes))
 
 
