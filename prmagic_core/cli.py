@@ -6,6 +6,7 @@ import importlib
 import json
 import math
 import platform
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -91,10 +92,14 @@ def cmd_train_tiny(args) -> int:
     out_dir = Path(args.out_dir)
     summary = train(cfg, out_dir, resume=args.resume, overwrite=args.overwrite)
     evaluation = evaluate_tiny(load_sam("tiny", out_dir / "sam_tiny.pt"), episodes=args.eval_episodes)
-    command = "prmagic train-tiny " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["train-tiny"] else "prmagic train-tiny"
-    card = write_card(out_dir / "sam_tiny.json", summary, evaluation, command)
+    card = write_card(out_dir / "sam_tiny.json", summary, evaluation, _command_line(args))
     print(json.dumps(card["evaluation"]))
     return 0
+
+
+def _command_line(args) -> str:
+    """The command as given to :func:`main` (from a shell or from Python), for a weights card."""
+    return shlex.join(["prmagic", *args.argv])
 
 
 def cmd_evaluate_tiny(args) -> int:
@@ -132,8 +137,7 @@ def cmd_train_dino_tiny(args) -> int:
     summary = train(cfg, out_dir, resume=args.resume)
     evaluation = evaluate_dino_tiny(load_dino_tiny(out_dir / "dino_tiny.pt"), episodes=args.eval_episodes,
                                     fold=args.fold, size=args.image_size)
-    command = "prmagic " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["train-dino-tiny"] else "prmagic train-dino-tiny"
-    card = write_card(out_dir / "dino_tiny.json", summary, evaluation, command, architecture="dino-tiny")
+    card = write_card(out_dir / "dino_tiny.json", summary, evaluation, _command_line(args), architecture="dino-tiny")
     print(json.dumps(card["evaluation"]))
     return 0
 
@@ -506,7 +510,9 @@ def _warning_printer(command: str, show_other):
 def main(argv=None) -> int:
     """Run one command. A user's mistake (any ValueError, UserError included, an OSError or a
     non-finite flow) is one line on stderr and exit code 2; anything else is a bug and keeps its traceback."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     with warnings.catch_warnings():
         warnings.simplefilter("always", InputWarning)
         warnings.showwarning = _warning_printer(args.command, warnings.showwarning)

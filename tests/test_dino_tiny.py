@@ -1,7 +1,11 @@
+import json
+import shlex
+
 import numpy as np
 import pytest
 import torch
 
+from prmagic_core.cli import main
 from prmagic_core.data import shapeworld
 from prmagic_core.models import dino_training
 from prmagic_core.models.dino_quality import evaluate_dino_tiny
@@ -212,3 +216,14 @@ def test_block_out_of_range_is_one_clear_error():
     with pytest.raises(ValueError, match="block 3 does not exist: this model has 3 blocks"):
         evaluate_dino_tiny(model, episodes=2, fold=0, size=64, block=3)
     assert evaluate_dino_tiny(model, episodes=4, fold=0, size=64, block=-3)["block"] == -3
+
+
+def test_train_dino_tiny_command_writes_weights_and_a_card_naming_its_command(tmp_path):
+    argv = ["train-dino-tiny", "--out-dir", str(tmp_path / "run 1"), "--steps", "2", "--scenes", "4", "--batch", "4",
+            "--eval-episodes", "6", "--image-size", "128"]
+    assert main(argv) == 0
+    card = json.loads((tmp_path / "run 1" / "dino_tiny.json").read_text())
+    assert shlex.split(card["command"]) == ["prmagic", *argv]
+    assert card["steps"] == 2 and card["evaluation"]["episodes"] == 6
+    assert 0 <= card["evaluation"]["novel_class_accuracy"] <= 1
+    load_dino_tiny(tmp_path / "run 1" / "dino_tiny.pt")

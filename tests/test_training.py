@@ -1,4 +1,5 @@
 import json
+import shlex
 
 import pytest
 import torch
@@ -46,14 +47,15 @@ def test_resume_with_other_settings_is_an_error(tmp_path):
 
 
 def test_train_tiny_command_writes_weights_and_card(tmp_path, capsys):
-    code = main(["train-tiny", "--out-dir", str(tmp_path), "--steps", "2", "--scenes", "8", "--eval-episodes", "2",
-                 "--threads", "1"])
-    assert code == 0
-    card = json.loads((tmp_path / "sam_tiny.json").read_text())
+    argv = ["train-tiny", "--out-dir", str(tmp_path / "a b"), "--steps", "2", "--scenes", "8", "--eval-episodes", "2",
+            "--threads", "1"]
+    assert main(argv) == 0
+    card = json.loads((tmp_path / "a b" / "sam_tiny.json").read_text())
+    assert shlex.split(card["command"]) == ["prmagic", *argv]  # called from Python, not a shell: main's own argv
     assert card["steps"] == 2 and card["seed"] == 0
     assert set(card["evaluation"]) >= {"point_miou", "part_point_miou", "box_miou"}
     assert all(0 <= card["evaluation"][k] <= 1 for k in ("point_miou", "part_point_miou", "box_miou"))
-    assert (tmp_path / "sam_tiny.pt").is_file() and (tmp_path / "checkpoint.pt").is_file()
+    assert (tmp_path / "a b" / "sam_tiny.pt").is_file() and (tmp_path / "a b" / "checkpoint.pt").is_file()
 
 
 def test_too_few_scenes_is_a_clear_error(tmp_path, capsys):
