@@ -132,7 +132,7 @@ def cmd_train_dino_tiny(args) -> int:
                           factor_contrastive_weight=args.factor_contrastive_weight, object_weight=args.object_weight,
                           shuffle_fraction=args.shuffle_fraction, flat_fraction=args.flat_fraction,
                           context_weight=args.context_weight, context_pairs=args.context_pairs,
-                          lr=args.lr)
+                          patch_contrastive_weight=args.patch_contrastive_weight, tile=args.tile, lr=args.lr)
     out_dir = Path(args.out_dir)
     summary = train(cfg, out_dir, resume=args.resume)
     evaluation = evaluate_dino_tiny(load_dino_tiny(out_dir / "dino_tiny.pt"), episodes=args.eval_episodes,
@@ -359,12 +359,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--object-weight", type=float, default=1.0, help="weight of the pooled objects' shape and texture heads")
     p.add_argument("--shuffle-fraction", type=float, default=0.5,
                    help="share of each batch with its tiles shuffled (texture without shape)")
+    p.add_argument("--tile", type=int, default=16, help="side in input pixels of the tiles a shuffled image is cut into")
     p.add_argument("--flat-fraction", type=float, default=0.0,
                    help="share of each batch with its objects painted flat (shape without texture)")
     p.add_argument("--context-weight", type=float, default=0.0,
                    help="weight of the context term: an object pooled in its own scene and pasted into another "
                         "should look the same")
     p.add_argument("--context-pairs", type=int, default=8, help="objects per step shown in two contexts")
+    p.add_argument("--patch-contrastive-weight", type=float, default=0.0,
+                   help="weight of the patch-contrastive term: a foreground patch near the patches of its class "
+                        "in the other images")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW, warm-up then cosine)")
     p.add_argument("--seed", type=int, default=0, help="scenes, initialisation and batches")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")

@@ -16,9 +16,9 @@ from prmagic_core.models.loading import CheckpointError
 SMALL = dict(steps=4, scenes=12, batch=4, warmup=1, checkpoint_every=2)
 
 
-@pytest.mark.parametrize("context_weight", [0.0, 0.5])
-def test_resumed_training_equals_an_uninterrupted_run(tmp_path, monkeypatch, context_weight):
-    cfg = dino_training.DinoTrainConfig(**SMALL, context_weight=context_weight, context_pairs=2)
+@pytest.mark.parametrize("extra_terms", [{}, dict(context_weight=0.5, context_pairs=2), dict(patch_contrastive_weight=0.5)])
+def test_resumed_training_equals_an_uninterrupted_run(tmp_path, monkeypatch, extra_terms):
+    cfg = dino_training.DinoTrainConfig(**SMALL, **extra_terms)
     dino_training.train(cfg, tmp_path / "whole", progress=False)
 
     real_loss = dino_training.training_loss
@@ -88,6 +88,30 @@ def test_factor_contrastive_wants_its_factor_grouped_and_ignores_instances_witho
                        dino_training.factor_contrastive(other_composite, texture, 0.1))
     assert torch.equal(dino_training.factor_contrastive(with_composite, texture, 0.1),
                        dino_training.factor_contrastive(by_shape, shape, 0.1))
+
+
+def test_patch_contrast_pulls_a_patch_toward_its_class_in_the_other_image_and_ignores_background():
+    # image 0: class 3 on patches 0-1, class 5 on 2-3; image 1: class 5 on 0-1, class 3 on 2-3; patch 4 background
+    instances = torch.tensor([[1, 1, 2, 2, 0], [1, 1, 2, 2, 0]])
+    classes = [[3, 5], [5, 3]]
+    a, b = [1.0, 0.0], [0.0, 1.0]
+    by_class = torch.tensor([[a, a, b, b, a], [b, b, a, a, a]])
+    by_place = torch.tensor([[a, a, b, b, a], [a, a, b, b, a]])  # alike where the classes differ
+    assert (dino_training.patch_contrastive(by_class, instances, classes, 0.1)
+            < dino_training.patch_contrastive(by_place, instances, classes, 0.1))
+    other_background = by_class.clone()
+    other_background[:, 4] = torch.tensor([-3.0, 2.0])
+    assert torch.equal(dino_training.patch_contrastive(other_background, instances, classes, 0.1),
+                       dino_training.patch_contrastive(by_class, instances, classes, 0.1))
+
+
+def test_patch_contrast_has_nothing_to_pull_when_no_class_is_in_two_images():
+    instances = torch.tensor([[1, 1, 2, 0], [1, 1, 0, 0]])
+    tokens = torch.randn(2, 4, 8, requires_grad=True)
+    loss = dino_training.patch_contrastive(tokens, instances, [[3, 3], [5]], 0.1)
+    assert loss.item() == 0.0  # the two class-3 objects share an image: not a positive pair
+    loss.backward()
+    assert tokens.grad is not None and not tokens.grad.any()
 
 
 def test_object_factors_split_a_class_into_shape_and_texture():
@@ -161,6 +185,12 @@ def test_too_few_scenes_for_the_context_pairs_is_one_clear_error(tmp_path):
     cfg = dino_training.DinoTrainConfig(**dict(SMALL, scenes=12), context_weight=0.5, context_pairs=7)
     with pytest.raises(ValueError, match="at least twice context_pairs"):
         dino_training.train(cfg, tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("tile", [0, 4, 12])
+def test_a_tile_that_does_not_cut_the_input_into_whole_patches_is_one_clear_error(tmp_path, tile):
+    with pytest.raises(ValueError, match=f"tile \\({tile}\\) must divide"):
+        dino_training.train(dino_training.DinoTrainConfig(**SMALL, tile=tile), tmp_path, progress=False)
 
 
 def test_context_loss_is_lowest_when_an_object_looks_the_same_in_both_scenes(monkeypatch):

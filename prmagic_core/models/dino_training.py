@@ -87,6 +87,7 @@ class DinoTrainConfig:
     flat_fraction: float = 0.0
     context_weight: float = 0.0
     context_pairs: int = 8
+    patch_contrastive_weight: float = 0.0
     tile: int = 16
     seed: int = 0
     checkpoint_every: int = 50
@@ -148,15 +149,17 @@ class LabelledPool:
     classes and which object each input pixel shows."""
 
     def __init__(self, n: int, seed: int, fold: int):
-        images, labels, owners, classes = [], [], [], []
+        # filled in place: a list of renders stacked at the end would hold the pool twice at its peak
+        self.images = np.empty((n, INPUT, INPUT, 3), dtype=np.uint8)
+        self.labels = np.empty((n, 4, GRID, GRID), dtype=np.int64)
+        self.owners = np.empty((n, INPUT, INPUT), dtype=np.int8)
+        self.classes = []
         for index in range(n):
             size = 2 * INPUT if index % 3 == 2 else INPUT
             scene = shapeworld.training_scene(seed, index, size=size, fold=fold)
-            images.append(_to_input(scene.image))
-            labels.append(scene_labels(scene))
-            owners.append(object_owner(scene))
-            classes.append([shapeworld.ALL_CLASSES.index(o.name) for o in scene.objects])
-        self.images, self.labels, self.owners, self.classes = np.stack(images), np.stack(labels), np.stack(owners), classes
+            self.images[index], self.labels[index] = _to_input(scene.image), scene_labels(scene)
+            self.owners[index] = object_owner(scene)
+            self.classes.append([shapeworld.ALL_CLASSES.index(o.name) for o in scene.objects])
 
     def batch(self, rng: np.random.Generator, size: int, shuffle_fraction: float = 0.0, tile: int = 16,
               flat_fraction: float = 0.0):
@@ -283,8 +286,10 @@ def instance_features(tokens: torch.Tensor, instances: torch.Tensor, classes: li
     return torch.stack(pooled), torch.as_tensor(labels), torch.as_tensor(images)
 
 
-def instance_contrastive(pooled: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Supervised contrastive loss of L2-normalised instance features (``labels``: their classes)."""
+def instance_contrastive(pooled: torch.Tensor, labels: torch.Tensor, temperature: float,
+                         sources: torch.Tensor | None = None) -> torch.Tensor:
+    """Supervised contrastive loss of L2-normalised instance features (``labels``: their classes; with
+    ``sources``, only features from another source count as positives)."""
     if len(pooled) < 2:
         return pooled.sum() * 0
     z = F.normalize(pooled, dim=1)
@@ -292,6 +297,8 @@ def instance_contrastive(pooled: torch.Tensor, labels: torch.Tensor, temperature
     eye = torch.eye(len(z), dtype=torch.bool)
     logits = logits.masked_fill(eye, -1e9)
     positive = (labels[:, None] == labels[None]) & ~eye
+    if sources is not None:
+        positive &= sources[:, None] != sources[None]
     log_prob = logits - logits.logsumexp(1, keepdim=True)
     has = positive.any(1)
     if not has.any():
@@ -303,6 +310,20 @@ def factor_contrastive(pooled: torch.Tensor, factor: torch.Tensor, temperature: 
     """:func:`instance_contrastive` by one factor (shape or texture) of the instances that show it (not -100)."""
     shown = factor != -100
     return instance_contrastive(pooled[shown], factor[shown], temperature)
+
+
+def patch_contrastive(tokens: torch.Tensor, instances: torch.Tensor, classes: list, temperature: float) -> torch.Tensor:
+    """:func:`instance_contrastive` of the foreground patch tokens of ``tokens`` (B, N, C): a patch's positives
+    are the patches of objects of its class in the OTHER images, as Matcher wants a query patch's nearest
+    support patch to lie on the support's object. ``instances`` (B, N): patch instance ids (0 background),
+    ``classes``: each image's instance classes."""
+    lookup = torch.full((len(classes), max(map(len, classes), default=0) + 1), -1, dtype=torch.long)
+    for b, names in enumerate(classes):
+        lookup[b, 1:len(names) + 1] = torch.as_tensor(names, dtype=torch.long)
+    patch_class = lookup.gather(1, instances)
+    image = torch.arange(len(classes))[:, None].expand_as(instances)
+    foreground = patch_class >= 0
+    return instance_contrastive(tokens[foreground], patch_class[foreground], temperature, image[foreground])
 
 
 def _cross_entropy(logits: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -331,6 +352,10 @@ def training_loss(model, heads, x, labels, classes, views, cfg: DinoTrainConfig)
                                        + _cross_entropy(heads["object_texture"](pooled), texture_target))
     whole = views[image] == INTACT
     loss = loss + cfg.contrastive_weight * instance_contrastive(pooled[whole], instance_classes[whole], cfg.temperature)
+    if cfg.patch_contrastive_weight:
+        intact = views == INTACT
+        loss = loss + cfg.patch_contrastive_weight * patch_contrastive(
+            tokens[intact], labels[intact, 3].flatten(1), [c for c, keep in zip(classes, intact) if keep], cfg.temperature)
     if cfg.factor_contrastive_weight:
         half = pooled.shape[1] // 2
         loss = loss + cfg.factor_contrastive_weight * (factor_contrastive(pooled[:, :half], shape_target, cfg.temperature)
@@ -342,6 +367,9 @@ def train(cfg: DinoTrainConfig, out_dir: Path, resume: bool = False, progress: b
     """Train DINO-Tiny; writes ``checkpoint.pt`` periodically and ``dino_tiny.pt`` (backbone only) at the end."""
     if cfg.scenes < cfg.batch:
         raise ValueError(f"scenes ({cfg.scenes}) must be at least batch ({cfg.batch})")
+    if cfg.tile <= 0 or INPUT % cfg.tile or cfg.tile % (INPUT // GRID):
+        raise ValueError(f"tile ({cfg.tile}) must divide the {INPUT}-px input and be a multiple of its "
+                         f"{INPUT // GRID}-px patches")
     if cfg.context_weight and 2 * cfg.context_pairs > cfg.scenes:
         raise ValueError(f"scenes ({cfg.scenes}) must be at least twice context_pairs ({cfg.context_pairs})")
     out_dir = Path(out_dir)
