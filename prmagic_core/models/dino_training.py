@@ -32,6 +32,9 @@ scenes put distractors of any class, often sharing the target's shape or texture
 and the shipped weights class novel objects alone on a plain background better than in their
 scenes (0.912 against 0.860-0.890). Tried at 0.5 and 1.0 (16000 scenes), it classed novel objects
 worse (0.810 and 0.843, against 0.880 without it).
+Optionally (``patch_contrastive_weight``, 0 in the shipped recipe) the foreground patch tokens of
+the intact images are contrasted by class across images (:func:`patch_contrastive`), as Matcher
+wants a query patch's nearest support patch on the support's object.
 Instances and classes are asked of the intact images only. Texture and part are asked of the
 patches that have one; only the shape head also tells objects from background (label 0,
 down-weighted).
