@@ -132,7 +132,8 @@ def cmd_train_dino_tiny(args) -> int:
                           factor_contrastive_weight=args.factor_contrastive_weight, object_weight=args.object_weight,
                           shuffle_fraction=args.shuffle_fraction, flat_fraction=args.flat_fraction,
                           context_weight=args.context_weight, context_pairs=args.context_pairs,
-                          patch_contrastive_weight=args.patch_contrastive_weight, tile=args.tile, lr=args.lr)
+                          patch_contrastive_weight=args.patch_contrastive_weight, tile=args.tile,
+                          render_scales=tuple(args.render_scales), lr=args.lr)
     out_dir = Path(args.out_dir)
     summary = train(cfg, out_dir, resume=args.resume)
     evaluation = evaluate_dino_tiny(load_dino_tiny(out_dir / "dino_tiny.pt"), episodes=args.eval_episodes,
@@ -360,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shuffle-fraction", type=float, default=0.5,
                    help="share of each batch with its tiles shuffled (texture without shape)")
     p.add_argument("--tile", type=int, default=16, help="side in input pixels of the tiles a shuffled image is cut into")
+    p.add_argument("--render-scales", type=int, nargs="+", default=[1, 1, 2], metavar="K",
+                   help="scenes are rendered at K times the input in turn and reduced to it (default: 1 1 2)")
     p.add_argument("--flat-fraction", type=float, default=0.0,
                    help="share of each batch with its objects painted flat (shape without texture)")
     p.add_argument("--context-weight", type=float, default=0.0,

@@ -187,6 +187,22 @@ def test_too_few_scenes_for_the_context_pairs_is_one_clear_error(tmp_path):
         dino_training.train(cfg, tmp_path, progress=False)
 
 
+def test_the_pool_renders_its_scenes_at_each_scale_in_turn_and_reduces_them_to_the_input():
+    pool = dino_training.LabelledPool(4, seed=3, fold=0, render_scales=(1, 2))
+    size = dino_training.INPUT
+    for index, scale in enumerate((1, 2, 1, 2)):
+        scene = shapeworld.training_scene(3, index, size=scale * size, fold=0)
+        expected = scene.image.reshape(size, scale, size, scale, 3).mean((1, 3)).round().astype(np.uint8)
+        assert np.array_equal(pool.images[index], expected)
+        assert np.array_equal(pool.labels[index], dino_training.scene_labels(scene))
+
+
+@pytest.mark.parametrize("scales", [(), (0,), (1, 1.5)])
+def test_render_scales_that_are_not_whole_multiples_are_one_clear_error(tmp_path, scales):
+    with pytest.raises(ValueError, match="render_scales .* must be whole numbers"):
+        dino_training.train(dino_training.DinoTrainConfig(**SMALL, render_scales=scales), tmp_path, progress=False)
+
+
 @pytest.mark.parametrize("tile", [0, 4, 12])
 def test_a_tile_that_does_not_cut_the_input_into_whole_patches_is_one_clear_error(tmp_path, tile):
     with pytest.raises(ValueError, match=f"tile \\({tile}\\) must divide"):

@@ -40,8 +40,9 @@ patches that have one; only the shape head also tells objects from background (l
 down-weighted).
 
 Scenes come from the training stream (:func:`shapeworld.training_scene` with ``fold``),
-two thirds rendered at 128 px and one third at 256 px and reduced to 128 by 2x2 means
-(evaluation renders at 512 px and is stretched to the 128-px input), flipped and rotated
+rendered at ``render_scales`` times the input in turn (by default two thirds at 128 px and one
+third at 256 px) and reduced to the input by block means (evaluation renders at 512 px and is
+stretched to the input), flipped and rotated
 by multiples of 90 degrees. Every draw is seeded by (seed, step), so ``resume`` continues
 exactly.
 """
@@ -91,6 +92,7 @@ class DinoTrainConfig:
     context_weight: float = 0.0
     context_pairs: int = 8
     patch_contrastive_weight: float = 0.0
+    render_scales: tuple = (1, 1, 2)
     tile: int = 16
     seed: int = 0
     checkpoint_every: int = 50
@@ -151,14 +153,14 @@ class LabelledPool:
     """Pre-drawn base-class training scenes of one fold: images at the input size, patch labels, instance
     classes and which object each input pixel shows."""
 
-    def __init__(self, n: int, seed: int, fold: int):
+    def __init__(self, n: int, seed: int, fold: int, render_scales: tuple = (1, 1, 2)):
         # filled in place: a list of renders stacked at the end would hold the pool twice at its peak
         self.images = np.empty((n, INPUT, INPUT, 3), dtype=np.uint8)
         self.labels = np.empty((n, 4, GRID, GRID), dtype=np.int64)
         self.owners = np.empty((n, INPUT, INPUT), dtype=np.int8)
         self.classes = []
         for index in range(n):
-            size = 2 * INPUT if index % 3 == 2 else INPUT
+            size = render_scales[index % len(render_scales)] * INPUT
             scene = shapeworld.training_scene(seed, index, size=size, fold=fold)
             self.images[index], self.labels[index] = _to_input(scene.image), scene_labels(scene)
             self.owners[index] = object_owner(scene)
@@ -373,6 +375,8 @@ def train(cfg: DinoTrainConfig, out_dir: Path, resume: bool = False, progress: b
     if cfg.tile <= 0 or INPUT % cfg.tile or cfg.tile % (INPUT // GRID):
         raise ValueError(f"tile ({cfg.tile}) must divide the {INPUT}-px input and be a multiple of its "
                          f"{INPUT // GRID}-px patches")
+    if not cfg.render_scales or any(int(k) != k or k < 1 for k in cfg.render_scales):
+        raise ValueError(f"render_scales ({cfg.render_scales}) must be whole numbers >= 1")
     if cfg.context_weight and 2 * cfg.context_pairs > cfg.scenes:
         raise ValueError(f"scenes ({cfg.scenes}) must be at least twice context_pairs ({cfg.context_pairs})")
     out_dir = Path(out_dir)
@@ -394,7 +398,7 @@ def train(cfg: DinoTrainConfig, out_dir: Path, resume: bool = False, progress: b
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start, elapsed, losses = state["step"], state["elapsed"], list(state["losses"])
-    pool = LabelledPool(cfg.scenes, cfg.seed, cfg.fold)
+    pool = LabelledPool(cfg.scenes, cfg.seed, cfg.fold, cfg.render_scales)
     model.train()
     began = time.time() - elapsed
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc="train-dino-tiny")
