@@ -153,7 +153,7 @@ class LabelledPool:
     """Pre-drawn base-class training scenes of one fold: images at the input size, patch labels, instance
     classes and which object each input pixel shows."""
 
-    def __init__(self, n: int, seed: int, fold: int, render_scales: tuple = (1, 1, 2)):
+    def __init__(self, n: int, seed: int, fold: int, render_scales: tuple = DinoTrainConfig.render_scales):
         # filled in place: a list of renders stacked at the end would hold the pool twice at its peak
         self.images = np.empty((n, INPUT, INPUT, 3), dtype=np.uint8)
         self.labels = np.empty((n, 4, GRID, GRID), dtype=np.int64)
