@@ -150,7 +150,7 @@ def cmd_evaluate_dino_tiny(args) -> int:
     from .models.dino_tiny import load_dino_tiny
 
     torch.set_num_threads(args.threads)
-    result = evaluate_dino_tiny(load_dino_tiny(args.checkpoint), episodes=args.episodes, fold=args.fold,
+    result = evaluate_dino_tiny(load_dino_tiny(args.checkpoint, fold=args.fold), episodes=args.episodes, fold=args.fold,
                                 seed=args.seed, size=args.image_size, progress=not args.json, block=args.block)
     if args.json:
         _print_json_last(result)
@@ -381,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_dino_tiny)
 
     p = sub.add_parser("evaluate-dino-tiny", help="DINO-Tiny's class accuracy and patch matching on novel classes")
-    p.add_argument("--checkpoint", default=None, help="default: the shipped weights")
+    p.add_argument("--checkpoint", default=None, help="default: the weights shipped for --fold")
     p.add_argument("--fold", type=int, default=0, help="episodes of this fold's novel classes")
     p.add_argument("--episodes", type=int, default=300, help="held-out novel-class episodes")
     p.add_argument("--seed", type=int, default=1000, help="evaluation seed (never shared with training scenes)")

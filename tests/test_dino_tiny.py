@@ -273,3 +273,28 @@ def test_train_dino_tiny_command_writes_weights_and_a_card_naming_its_command(tm
     assert card["steps"] == 2 and card["evaluation"]["episodes"] == 6
     assert 0 <= card["evaluation"]["novel_class_accuracy"] <= 1
     load_dino_tiny(tmp_path / "run 1" / "dino_tiny.pt")
+
+
+def test_each_fold_loads_its_own_shipped_weights_and_a_missing_fold_names_itself(tmp_path, monkeypatch, capsys):
+    from prmagic_core.models import dino_tiny
+
+    monkeypatch.setattr(dino_tiny, "WEIGHTS_DIR", tmp_path)
+    torch.manual_seed(2)
+    trained_on_fold_2 = build_dino_tiny().eval()
+    torch.save(trained_on_fold_2.state_dict(), dino_tiny.dino_tiny_files(2)[0])
+    loaded = load_dino_tiny(fold=2)
+    for key, value in trained_on_fold_2.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    with pytest.raises(CheckpointError, match="no DINO-Tiny ships for fold 3; .*train-dino-tiny --fold 3"):
+        load_dino_tiny(fold=3)
+    with pytest.raises(ValueError, match="fold must be None or an integer in 0..3, got 4"):
+        load_dino_tiny(fold=4)
+    assert len({dino_tiny.dino_tiny_files(k) for k in range(4)}) == 4
+
+    # evaluate-dino-tiny --fold 2 measures fold 2's network on fold 2's novel classes
+    assert main(["evaluate-dino-tiny", "--fold", "2", "--episodes", "4", "--image-size", "64", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    expected = evaluate_dino_tiny(trained_on_fold_2, episodes=4, fold=2, size=64)
+    assert printed["novel_classes"] == list(shapeworld.novel_classes(2))
+    assert (printed["novel_class_accuracy"], printed["patch_foreground_match"]) == (
+        expected["novel_class_accuracy"], expected["patch_foreground_match"])

@@ -70,7 +70,7 @@ ALL_CLASSES = OBJECT_CLASSES + tuple(COMPOSITES)
 FOLDS = 4
 
 
-def _check_fold(fold) -> None:
+def check_fold(fold) -> None:
     if fold is not None and (int(fold) != fold or not 0 <= fold < FOLDS):
         raise ValueError(f"fold must be None or an integer in 0..{FOLDS - 1}, got {fold!r}")
 
@@ -78,7 +78,7 @@ def _check_fold(fold) -> None:
 def novel_classes(fold: int, kind: str = "object") -> tuple:
     """The classes fold ``fold`` holds out: ``object`` 6 shape x texture classes and one composite,
     ``part`` that composite's 2 part classes."""
-    _check_fold(fold)
+    check_fold(fold)
     _check_args(1, 32, 1, kind)
     composite = tuple(COMPOSITES)[fold]
     if kind == "part":
@@ -313,7 +313,7 @@ def episode(seed: int, index: int, kind: str = "object", shots: int = 1, size: i
     """The ``index``-th evaluation episode of ``seed`` (independent of how many are drawn); with
     ``fold``, of a class that fold holds out (distractors may be of any class, as in a real image)."""
     _check_args(1, size, shots, kind)
-    _check_fold(fold)
+    check_fold(fold)
     key = [EVAL_STREAM, seed, index, 0 if kind == "object" else 1, shots, size]
     classes = ALL_CLASSES if kind == "object" else PART_CLASSES
     if fold is not None:
@@ -347,7 +347,7 @@ def training_scene(seed: int, index: int, size: int = 128, fold: int | None = No
     """The ``index``-th training scene of ``seed``: 2-5 random instances, composites included;
     with ``fold``, every instance (distractors too) of a base class of that fold."""
     _check_args(1, size, 1, "object")
-    _check_fold(fold)
+    check_fold(fold)
     key = [TRAIN_STREAM, seed, index, size] + ([] if fold is None else [fold])
     pool = ALL_CLASSES if fold is None else base_classes(fold)
     rng = np.random.default_rng(key)

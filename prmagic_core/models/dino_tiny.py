@@ -10,9 +10,10 @@ model's input, ImageNet-normalised, the last block's output before the final nor
 patch tokens match (Matcher); their mean over the image is the pooled feature a selector
 compares.
 
-The shipped weights (``weights/dino_tiny.pt``, card ``dino_tiny.json``) were trained by
-``prmagic train-dino-tiny`` on ShapeWorld training scenes of fold 0's BASE classes only
-(:mod:`.dino_training`), so fold 0's novel classes meet it unseen, as FSS-1000's classes
+One set of weights ships per ShapeWorld fold (:func:`dino_tiny_files`: fold 0's are
+``weights/dino_tiny.pt`` with card ``dino_tiny.json``, fold k's ``dino_tiny_fold{k}.pt``), each
+trained by ``prmagic train-dino-tiny --fold k`` on training scenes of that fold's BASE classes
+only (:mod:`.dino_training`), so the fold's novel classes meet it unseen, as FSS-1000's classes
 meet DINOv2.
 """
 from __future__ import annotations
@@ -22,12 +23,21 @@ from pathlib import Path
 
 import torch
 
+from ..data.shapeworld import check_fold
 from .loading import CheckpointError, _mismatch, read_state_dict, resolve_device
 from .tiny import WEIGHTS_DIR
 
 DINO_TINY_CONFIG = dict(img_size=128, stem_channels=(16, 32, 64), embed_dim=64, depth=3, num_heads=2, mlp_ratio=4.0)
-DINO_TINY_WEIGHTS = WEIGHTS_DIR / "dino_tiny.pt"
-DINO_TINY_CARD = WEIGHTS_DIR / "dino_tiny.json"
+
+
+def dino_tiny_files(fold: int = 0) -> tuple[Path, Path]:
+    """The shipped weights and card of fold ``fold``'s DINO-Tiny (fold 0's keep the names the figures cite)."""
+    check_fold(fold)
+    stem = "dino_tiny" if fold == 0 else f"dino_tiny_fold{fold}"
+    return WEIGHTS_DIR / f"{stem}.pt", WEIGHTS_DIR / f"{stem}.json"
+
+
+DINO_TINY_WEIGHTS, DINO_TINY_CARD = dino_tiny_files(0)
 
 
 def build_dino_tiny(config: dict = DINO_TINY_CONFIG) -> torch.nn.Module:
@@ -45,11 +55,12 @@ def build_dino_tiny(config: dict = DINO_TINY_CONFIG) -> torch.nn.Module:
                              global_pool="avg", embed_layer=partial(HybridEmbed, backbone=torch.nn.Sequential(*layers)))
 
 
-def load_dino_tiny(checkpoint: str | Path | None = None, device: str = "cpu") -> torch.nn.Module:
-    """DINO-Tiny in eval mode: the shipped weights, or ``checkpoint`` (weights or a training checkpoint)."""
-    path = Path(checkpoint) if checkpoint is not None else DINO_TINY_WEIGHTS
+def load_dino_tiny(checkpoint: str | Path | None = None, device: str = "cpu", fold: int = 0) -> torch.nn.Module:
+    """DINO-Tiny in eval mode: the shipped weights of ``fold``, or ``checkpoint`` (weights or a training checkpoint)."""
+    path = Path(checkpoint) if checkpoint is not None else dino_tiny_files(fold)[0]
     if checkpoint is None and not path.is_file():
-        raise CheckpointError(f"{path}: DINO-Tiny's weights are missing; run prmagic train-dino-tiny")
+        raise CheckpointError(f"{path}: no DINO-Tiny ships for fold {fold}; train one with "
+                              f"prmagic train-dino-tiny --fold {fold} and pass its dino_tiny.pt as the checkpoint")
     state = read_state_dict(path)
     model = build_dino_tiny()
     problem = _mismatch({k: v.shape for k, v in model.state_dict().items()}, state)
