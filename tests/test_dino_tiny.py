@@ -16,7 +16,8 @@ from prmagic_core.models.loading import CheckpointError
 SMALL = dict(steps=4, scenes=12, batch=4, warmup=1, checkpoint_every=2)
 
 
-@pytest.mark.parametrize("extra_terms", [{}, dict(context_weight=0.5, context_pairs=2), dict(patch_contrastive_weight=0.5)])
+@pytest.mark.parametrize("extra_terms", [{}, dict(context_weight=0.5, context_pairs=2), dict(patch_contrastive_weight=0.5),
+                                         dict(shuffled_shape_weight=0.5)])
 def test_resumed_training_equals_an_uninterrupted_run(tmp_path, monkeypatch, extra_terms):
     cfg = dino_training.DinoTrainConfig(**SMALL, **extra_terms)
     dino_training.train(cfg, tmp_path / "whole", progress=False)
@@ -112,6 +113,34 @@ def test_patch_contrast_has_nothing_to_pull_when_no_class_is_in_two_images():
     assert loss.item() == 0.0  # the two class-3 objects share an image: not a positive pair
     loss.backward()
     assert tokens.grad is not None and not tokens.grad.any()
+
+
+def test_a_shape_head_is_undecided_only_at_even_odds_over_the_object_shapes():
+    shapes = dino_training.HEADS["shape"]
+    even = torch.zeros(3, shapes)
+    even[:, 0] = -1e4  # no weight on background
+    lowest = float(dino_training.undecided_shape(even))
+    assert lowest == pytest.approx(np.log(shapes - 1), abs=1e-4)
+    named = even.clone()
+    named[:, 2] = 5.0
+    assert float(dino_training.undecided_shape(named)) > lowest + 1
+    assert float(dino_training.undecided_shape(torch.zeros(3, shapes))) == pytest.approx(np.log(shapes), abs=1e-4)
+    assert float(dino_training.undecided_shape(torch.zeros(0, shapes))) == 0
+
+
+def test_no_shape_is_asked_of_shuffled_objects_only():
+    torch.manual_seed(0)
+    pool = dino_training.LabelledPool(8, seed=0, fold=0)
+    model, heads = build_dino_tiny(), dino_training.make_heads(64)
+
+    def loss(shuffle_fraction, weight):
+        cfg = dino_training.DinoTrainConfig(shuffled_shape_weight=weight)
+        batch = pool.batch(np.random.default_rng(0), 4, shuffle_fraction)
+        with torch.no_grad():
+            return float(dino_training.training_loss(model.eval(), heads, *batch, cfg))
+
+    assert loss(0.0, 1.0) == pytest.approx(loss(0.0, 0.0), abs=1e-6)  # nothing shuffled: nothing asked
+    assert loss(0.5, 1.0) > loss(0.5, 0.0) + 1  # the term is never below log(10), even odds over ten shapes
 
 
 def test_object_factors_split_a_class_into_shape_and_texture():

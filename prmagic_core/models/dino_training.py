@@ -35,6 +35,11 @@ worse (0.810 and 0.843, against 0.880 without it).
 Optionally (``patch_contrastive_weight``, 0 in the shipped recipe) the foreground patch tokens of
 the intact images are contrasted by class across images (:func:`patch_contrastive`), as Matcher
 wants a query patch's nearest support patch on the support's object.
+Optionally (``shuffled_shape_weight``, 0 in the shipped recipe) the shape heads are also asked of the
+shuffled view's objects, with no shape as the answer: patch and object shape logits pushed toward
+even odds over the shapes (:func:`undecided_shape`). A shuffled object keeps its texture and loses
+its silhouette, so a shape named there was read from the texture: the shortcut that lets fold 0's
+striped circles and hexagons pass for each other.
 Instances and classes are asked of the intact images only. Texture and part are asked of the
 patches that have one; only the shape head also tells objects from background (label 0,
 down-weighted).
@@ -92,6 +97,7 @@ class DinoTrainConfig:
     context_weight: float = 0.0
     context_pairs: int = 8
     patch_contrastive_weight: float = 0.0
+    shuffled_shape_weight: float = 0.0
     render_scales: tuple = (1, 1, 2)
     tile: int = 16
     seed: int = 0
@@ -331,6 +337,14 @@ def patch_contrastive(tokens: torch.Tensor, instances: torch.Tensor, classes: li
     return instance_contrastive(tokens[foreground], patch_class[foreground], temperature, image[foreground])
 
 
+def undecided_shape(logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of shape ``logits`` (M, shapes incl. background) against even odds over the object
+    shapes (not background): lowest, log(shapes - 1), when the head names no shape."""
+    if not len(logits):
+        return logits.sum() * 0
+    return -F.log_softmax(logits, dim=-1)[:, 1:].mean()
+
+
 def _cross_entropy(logits: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
     """Mean cross-entropy over the targets that are not -100 (0 when there are none)."""
     if not (target != -100).any():
@@ -355,6 +369,12 @@ def training_loss(model, heads, x, labels, classes, views, cfg: DinoTrainConfig)
     texture_target = factors[:, 1].masked_fill(~has_texture[image], -100)
     loss = loss + cfg.object_weight * (_cross_entropy(heads["object_shape"](pooled), shape_target)
                                        + _cross_entropy(heads["object_texture"](pooled), texture_target))
+    if cfg.shuffled_shape_weight:
+        shuffled = views == SHUFFLED
+        on_object = labels[shuffled, 0].flatten(1) != 0
+        loss = loss + cfg.shuffled_shape_weight * (undecided_shape(heads["shape"](normed[shuffled][on_object]))
+                                                    + cfg.object_weight * undecided_shape(
+                                                        heads["object_shape"](pooled[shuffled[image]])))
     whole = views[image] == INTACT
     loss = loss + cfg.contrastive_weight * instance_contrastive(pooled[whole], instance_classes[whole], cfg.temperature)
     if cfg.patch_contrastive_weight:
