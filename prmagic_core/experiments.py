@@ -51,7 +51,7 @@ from .evaluation import EPISODE_ERRORS, episode_ids, episode_seed
 from .flow import FlowConfig
 from .metrics import episode_counts
 from .push import ARMS, push
-from .models.dino_tiny import DINO_TINY_WEIGHTS
+from .models.dino_tiny import dino_tiny_files
 from .refine import DecodeMemo, refine
 from .results import ResultsFile
 from .pipeline import select_final
@@ -377,6 +377,16 @@ class Lab:
             return self.setup.image_size
         return 128 if self.setup.backend == "tiny" else 1024
 
+    @property
+    def dino_tiny_fold(self) -> int:
+        """Whose DINO-Tiny matches: ShapeWorld's fold (its novel classes unseen by it), else fold 0's."""
+        s = self.setup
+        return s.fold if s.dataset == "shapeworld" and s.fold is not None else 0
+
+    @property
+    def dino_tiny_weights(self) -> Path:
+        return dino_tiny_files(self.dino_tiny_fold)[0]
+
     def _source(self):
         s = self.setup
         if self._episodes is None and s.dataset != "shapeworld":
@@ -419,7 +429,7 @@ class Lab:
             "weights_sha1": file_sha1(self.weights), "code_sha1": source_sha1(),
             "dinov2_sha1": file_sha1(s.dinov2_checkpoint) if s.dinov2_checkpoint else None, "dataset": s.dataset,
             "matching_encoder": s.matching_encoder,
-            "dino_tiny_sha1": file_sha1(DINO_TINY_WEIGHTS) if DINO_TINY_WEIGHTS.is_file() else None,
+            "dino_tiny_sha1": file_sha1(self.dino_tiny_weights) if self.dino_tiny_weights.is_file() else None,
             "data_root": str(s.data_root) if s.data_root else None, "kind": self.kind, "fold": s.fold,
             "shots": s.shots, "data_seed": s.data_seed, "image_size": self.image_size,
             "device": self.device.type, **sweep.table_settings(),
@@ -437,7 +447,8 @@ class Lab:
             self._baselines[key] = make_baseline(name, kind=kind, released_point_order=released_point_order,
                                                  dinov2_checkpoint=self.setup.dinov2_checkpoint,
                                                  settings=preset, benchmark=self.setup.dataset,
-                                                 matching_encoder=self.setup.matching_encoder)
+                                                 matching_encoder=self.setup.matching_encoder,
+                                                 dino_tiny_fold=self.dino_tiny_fold)
         return self._baselines[key]
 
     def prepare(self, baseline: str, episode, released_point_order: bool = False, preset: str = "release"):

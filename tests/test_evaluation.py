@@ -240,7 +240,7 @@ def test_paper_table_runs_cells_writes_the_table_and_resumes(paper_table, tmp_pa
     assert (out / "table.csv").read_text() == before
 
 
-def test_shapeworld_episodes_come_at_the_image_size_from_the_fold(tmp_path):
+def test_shapeworld_episodes_come_at_the_image_size_from_the_fold(tmp_path, monkeypatch):
     from prmagic_core.data import shapeworld
 
     out = tmp_path / "results.csv"
@@ -248,11 +248,22 @@ def test_shapeworld_episodes_come_at_the_image_size_from_the_fold(tmp_path):
                                "--image-size", "64", "--fold", "3", "--device", "cpu", "--out", str(out), "--json")
     assert code == 0 and summary["settings"]["image_size"] == 64 and summary["settings"]["fold"] == 3
     assert {row["class"] for row in read_table(out)} <= set(shapeworld.novel_classes(3))
-    # Matcher and GF-SAM with the shipped DINO-Tiny refuse a fold whose novel classes it was trained on
+    # Matcher and GF-SAM with DINO-Tiny refuse a fold none ships for (every other fold's saw its novel classes)
+    from prmagic_core.baselines.matcher import features
+    from prmagic_core.models import dino_tiny
+
+    monkeypatch.setattr(dino_tiny, "WEIGHTS_DIR", tmp_path)
     for baseline in ("matcher", "gfsam"):
         code, _, err = run_cli("evaluate", "--backend", "tiny", "--baseline", baseline, "--matching-encoder",
                                "dino-tiny", "--episodes", "1", "--image-size", "64", "--fold", "3", "--device", "cpu")
-        assert code == 2 and "base classes" in err and len(err.strip().splitlines()) == 1
+        assert code == 2 and "no DINO-Tiny ships for fold 3" in err and len(err.strip().splitlines()) == 1
+    # with fold 3's network (and no other) in place, they match with it
+    torch.save(dino_tiny.build_dino_tiny().state_dict(), dino_tiny.dino_tiny_files(3)[0])
+    code, summary, _ = run_cli("evaluate", "--backend", "tiny", "--baseline", "gfsam", "--matching-encoder", "dino-tiny",
+                               "--episodes", "1", "--steps", "0", "--image-size", "64", "--fold", "3", "--device", "cpu",
+                               "--json")
+    features._dino_tiny.cache_clear()  # it holds the network just saved under tmp_path
+    assert code == 0 and summary["settings"]["matching_encoder"] == "dino-tiny"
 
 
 @pytest.mark.parametrize("selector", ["guarded", "vote", "oracle", "random"])

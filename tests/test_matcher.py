@@ -356,7 +356,7 @@ def random_dino_tiny(monkeypatch):
 
     torch.manual_seed(0)
     model = build_dino_tiny().eval()
-    monkeypatch.setattr(features, "_dino_tiny", lambda device: model)
+    monkeypatch.setattr(features, "_dino_tiny", lambda device, fold=0: model)
     return model
 
 
@@ -374,6 +374,27 @@ def test_on_sam_tiny_matcher_matches_with_dino_tiny_by_name(random_tiny, two_epi
     torch.testing.assert_close(prompter.step_map(step), expected)
     trajectory = refine(prompter, steps=1, flow=FlowConfig(eta=1e-1), generator=torch.Generator().manual_seed(0))
     assert all(c.shape == episode.query_image.shape[:2] for c in trajectory.candidates)
+
+
+def test_dino_tiny_matches_with_the_network_of_the_episodes_fold(random_tiny, monkeypatch, tmp_path):
+    from prmagic_core.baselines import make_baseline
+    from prmagic_core.baselines.matcher import features
+    from prmagic_core.models import dino_tiny
+
+    monkeypatch.setattr(dino_tiny, "WEIGHTS_DIR", tmp_path)
+    torch.manual_seed(1)
+    per_fold = {fold: dino_tiny.build_dino_tiny().eval() for fold in (0, 2)}
+    for fold, model in per_fold.items():
+        torch.save(model.state_dict(), dino_tiny.dino_tiny_files(fold)[0])
+    features._dino_tiny.cache_clear()
+    try:
+        for name in ("matcher", "gfsam"):
+            for fold, model in per_fold.items():
+                used = make_baseline(name, matching_encoder="dino-tiny", dino_tiny_fold=fold).features(Encoder(random_tiny))
+                for key, value in model.state_dict().items():
+                    assert torch.equal(used.model.state_dict()[key], value), (name, fold, key)
+    finally:
+        features._dino_tiny.cache_clear()
 
 
 def test_pooled_matching_features_are_token_means(random_tiny, two_episodes, random_dino_tiny):

@@ -19,10 +19,11 @@ def task_kind(kind: str, benchmark: str | None, settings: Preset) -> str:
 def make_baseline(name: str, kind: str = "object", released_point_order: bool = False, train_iters: int = 1000,
                   variant: str = "released", dinov2_checkpoint=None, matcher_preset: str | None = None,
                   settings: Preset | str | None = None, benchmark: str | None = None,
-                  matching_encoder: str | None = None) -> Baseline:
+                  matching_encoder: str | None = None, dino_tiny_fold: int = 0) -> Baseline:
     """A baseline by name with the paper's per-task settings, behaving as the preset ``settings``
     (default ``release``) says; ``benchmark`` picks Matcher's per-benchmark settings (``matcher_preset``
-    names one outright; ``matching_encoder`` the features Matcher and GF-SAM match with; GF-SAM has one
+    names one outright; ``matching_encoder`` the features Matcher and GF-SAM match with (``dino-tiny``:
+    the one trained on ``dino_tiny_fold``'s base classes); GF-SAM has one
     setting for every task and takes ``variant`` and ``dinov2_checkpoint`` as Matcher does)."""
     settings = get_preset(settings)
     kind = task_kind(kind, benchmark, settings)
@@ -33,9 +34,11 @@ def make_baseline(name: str, kind: str = "object", released_point_order: bool = 
                        settings=settings)
     if name == "matcher":
         return Matcher(matcher_preset or settings_preset(settings.matcher_settings, kind, benchmark), variant=variant,
-                       dinov2_checkpoint=dinov2_checkpoint, settings=settings, matching=matching_encoder)
+                       dinov2_checkpoint=dinov2_checkpoint, settings=settings, matching=matching_encoder,
+                       dino_tiny_fold=dino_tiny_fold)
     if name == "gfsam":
-        return GFSAM(variant=variant, dinov2_checkpoint=dinov2_checkpoint, matching=matching_encoder)
+        return GFSAM(variant=variant, dinov2_checkpoint=dinov2_checkpoint, matching=matching_encoder,
+                     dino_tiny_fold=dino_tiny_fold)
     raise ValueError(f"unknown baseline {name!r}; expected one of {', '.join(BASELINES)}")
 
 

@@ -202,16 +202,17 @@ class GFSAM(Baseline):
 
     ``variant``: how a PR-MaGIC step reaches the matching features (``released`` or
     ``transport``, as for Matcher); ``dinov2_checkpoint``: the local DINOv2 ViT-L/14 weights
-    (required on official SAM); ``matching``: the matching encoder's name, as for Matcher
-    (:mod:`..matcher.features`).
+    (required on official SAM); ``matching`` and ``dino_tiny_fold``: the matching encoder, as for
+    Matcher (:mod:`..matcher.features`).
     """
 
     name = "gfsam"
 
-    def __init__(self, variant: str = "released", dinov2_checkpoint=None, matching: str | None = None):
+    def __init__(self, variant: str = "released", dinov2_checkpoint=None, matching: str | None = None,
+                 dino_tiny_fold: int = 0):
         self.variant = check_variant(variant, "GF-SAM")
         self.dinov2_checkpoint = dinov2_checkpoint
-        self.features = MatchingEncoder(matching, dinov2_checkpoint, "GF-SAM")
+        self.features = MatchingEncoder(matching, dinov2_checkpoint, "GF-SAM", dino_tiny_fold)
 
     def prepare(self, encoder: Encoder, support_images, support_masks, query_image: np.ndarray) -> GFSAMPrompter:
         *supports, query = encoder.encode_many([*support_images, query_image])

@@ -6,8 +6,8 @@
   image stretched to 518x518, the last block's output before the final norm, CLS dropped,
   37x37 tokens of 1024 channels (:class:`VitFeatures`).
 - ``dino-tiny``: DINO-Tiny (:mod:`prmagic_core.models.dino_tiny`), the
-  small ViT trained on a ShapeWorld fold's base classes, read the same way: 16x16 tokens of
-  64 channels. Semantic features find the points, SAM's features cut the masks, as in Matcher.
+  small ViT trained on a ShapeWorld fold's base classes (``dino_tiny_fold``'s shipped weights),
+  read the same way: 16x16 tokens of 64 channels. Semantic features find the points, SAM's features cut the masks, as in Matcher.
 - ``sam-tiny`` (SAM-Tiny's default, :data:`TINY_DEFAULT`): SAM-Tiny's own embedding (32x32
   cells of 64 channels, :class:`SamFeatures`), which shows what a semantic encoder changes: these features are class-agnostic (every
   object lights up), and matching and decoding share one feature space, so a PR-MaGIC step
@@ -83,10 +83,10 @@ class VitFeatures:
 
 
 @lru_cache(maxsize=4)
-def _dino_tiny(device: str):
+def _dino_tiny(device: str, fold: int = 0):
     from ...models.dino_tiny import load_dino_tiny
 
-    return load_dino_tiny(device=device)
+    return load_dino_tiny(device=device, fold=fold)
 
 
 def matching_encoder_name(name: str | None, on_tiny: bool, dinov2_checkpoint=None, method: str = "Matcher") -> str:
@@ -99,9 +99,10 @@ def matching_encoder_name(name: str | None, on_tiny: bool, dinov2_checkpoint=Non
     return "dinov2" if dinov2_checkpoint is not None else TINY_DEFAULT
 
 
-def matching_encoder(name: str | None, encoder: Encoder, dinov2_checkpoint=None, method: str = "Matcher"):
+def matching_encoder(name: str | None, encoder: Encoder, dinov2_checkpoint=None, method: str = "Matcher",
+                     dino_tiny_fold: int = 0):
     """The encoder a matching baseline matches with, for SAM ``encoder`` (``name`` None: the default
-    of :func:`matching_encoder_name`)."""
+    of :func:`matching_encoder_name`; ``dino-tiny`` is the one trained on ``dino_tiny_fold``'s base classes)."""
     on_tiny = encoder.sam.image_encoder.img_size == TINY_CONFIG["img_size"]
     name = matching_encoder_name(name, on_tiny, dinov2_checkpoint, method)
     if name == "dinov2":
@@ -111,7 +112,7 @@ def matching_encoder(name: str | None, encoder: Encoder, dinov2_checkpoint=None,
 
         return VitFeatures(load_dinov2(dinov2_checkpoint, str(encoder.device)), "dinov2")
     if name == "dino-tiny":
-        return VitFeatures(_dino_tiny(str(encoder.device)), "dino-tiny")
+        return VitFeatures(_dino_tiny(str(encoder.device), dino_tiny_fold), "dino-tiny")
     if name == "sam-tiny":
         if not on_tiny:
             raise ValueError("matching encoder sam-tiny needs the tiny backend")
@@ -123,13 +124,14 @@ class MatchingEncoder:
     """The matching encoder of one baseline object (Matcher, GF-SAM), chosen by name on first use
     (:func:`matching_encoder`) and kept, so DINOv2 is loaded once."""
 
-    def __init__(self, name: str | None = None, dinov2_checkpoint=None, method: str = "Matcher"):
+    def __init__(self, name: str | None = None, dinov2_checkpoint=None, method: str = "Matcher", dino_tiny_fold: int = 0):
         if name is not None and name not in MATCHING_ENCODERS:
             raise ValueError(f"matching encoder must be one of {MATCHING_ENCODERS}, got {name!r}")
         self.name, self.dinov2_checkpoint, self.method = name, dinov2_checkpoint, method
+        self.dino_tiny_fold = dino_tiny_fold
         self._features = None
 
     def __call__(self, encoder: Encoder):
         if self._features is None:
-            self._features = matching_encoder(self.name, encoder, self.dinov2_checkpoint, self.method)
+            self._features = matching_encoder(self.name, encoder, self.dinov2_checkpoint, self.method, self.dino_tiny_fold)
         return self._features

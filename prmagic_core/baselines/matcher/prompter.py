@@ -272,6 +272,7 @@ class Matcher(Baseline):
     ``transport``, see :mod:`.steps`); ``matching``: the name of the matching encoder
     (``dino-tiny``, ``sam-tiny``, ``dinov2``; None: DINOv2 when ``dinov2_checkpoint`` is
     given, else :data:`.features.TINY_DEFAULT` on SAM-Tiny, see :func:`.features.matching_encoder`);
+    ``dino_tiny_fold``: whose DINO-Tiny ``dino-tiny`` is (the ShapeWorld fold the episodes come from);
     ``dinov2_checkpoint``: the local DINOv2 ViT-L/14 weights, loaded on first use onto the
     SAM's device.
     ``settings``: a :class:`~prmagic_core.presets.Preset` or its name (step injection, d_phi,
@@ -281,12 +282,12 @@ class Matcher(Baseline):
     name = "matcher"
 
     def __init__(self, preset: MatcherPreset | str = "fss", variant: str = "released", dinov2_checkpoint=None,
-                 settings: Preset | str | None = None, matching: str | None = None):
+                 settings: Preset | str | None = None, matching: str | None = None, dino_tiny_fold: int = 0):
         self.preset = get_matcher_preset(preset) if isinstance(preset, str) else preset
         self.variant = check_variant(variant)
         self.dinov2_checkpoint = dinov2_checkpoint
         self.settings = get_preset(settings)
-        self.features = MatchingEncoder(matching, dinov2_checkpoint, "Matcher")
+        self.features = MatchingEncoder(matching, dinov2_checkpoint, "Matcher", dino_tiny_fold)
 
     def prepare(self, encoder: Encoder, support_images, support_masks, query_image: np.ndarray) -> MatcherPrompter:
         *supports, query = encoder.encode_many([*support_images, query_image])
