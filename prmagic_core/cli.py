@@ -133,7 +133,8 @@ def cmd_train_dino_tiny(args) -> int:
                           shuffle_fraction=args.shuffle_fraction, flat_fraction=args.flat_fraction,
                           context_weight=args.context_weight, context_pairs=args.context_pairs,
                           patch_contrastive_weight=args.patch_contrastive_weight,
-                          shuffled_shape_weight=args.shuffled_shape_weight, tile=args.tile,
+                          shuffled_shape_weight=args.shuffled_shape_weight,
+                          object_head_temperature=args.object_head_temperature, tile=args.tile,
                           render_scales=tuple(args.render_scales), lr=args.lr)
     out_dir = Path(args.out_dir)
     summary = train(cfg, out_dir, resume=args.resume)
@@ -381,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shuffled-shape-weight", type=float, default=0.0,
                    help="weight of the shape heads asked for no shape on the tile-shuffled view (a texture alone "
                         "names no shape)")
+    p.add_argument("--object-head-temperature", type=float, default=0.0,
+                   help="> 0: the object heads are cosine classifiers at this temperature (0: linear)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW, warm-up then cosine)")
     p.add_argument("--seed", type=int, default=0, help="scenes, initialisation and batches")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")

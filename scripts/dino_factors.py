@@ -18,7 +18,7 @@ from prmagic_core.models.dino_quality import EVAL_SEED, _features
 from prmagic_core.models.dino_tiny import build_dino_tiny
 
 
-def readout(model, heads, draw) -> dict:
+def readout(model, heads, draw, temperature: float) -> dict:
     right = {"shape": 0, "texture": 0}
     textured = 0
     for ep in draw:
@@ -26,9 +26,9 @@ def readout(model, heads, draw) -> dict:
         pooled = (cover[:, None] * tokens).sum(0) / cover.sum()  # as training pools an instance
         shape, texture = dino_training.object_factors(shapeworld.ALL_CLASSES.index(ep.class_name))
         with torch.no_grad():
-            right["shape"] += int(heads["object_shape"](pooled).argmax()) == shape
+            right["shape"] += int(dino_training.object_logits(heads, "shape", pooled, temperature).argmax()) == shape
             if texture >= 0:
-                right["texture"] += int(heads["object_texture"](pooled).argmax()) == texture
+                right["texture"] += int(dino_training.object_logits(heads, "texture", pooled, temperature).argmax()) == texture
                 textured += 1
     return {"shape": round(right["shape"] / len(draw), 3), "texture": round(right["texture"] / max(textured, 1), 3)}
 
@@ -51,7 +51,7 @@ def main() -> None:
     base = [ep for ep in pool if ep.class_name not in shapeworld.novel_classes(fold)][: args.episodes]
     print(f"fold {fold}, {args.episodes} episodes each at {args.size} px: share read right by the object heads")
     for name, draw in (("novel", novel), ("base", base)):
-        print(f"{name:>6}: {readout(model, heads, draw)}")
+        print(f"{name:>6}: {readout(model, heads, draw, state['config'].get('object_head_temperature', 0.0))}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ SMALL = dict(steps=4, scenes=12, batch=4, warmup=1, checkpoint_every=2)
 
 
 @pytest.mark.parametrize("extra_terms", [{}, dict(context_weight=0.5, context_pairs=2), dict(patch_contrastive_weight=0.5),
-                                         dict(shuffled_shape_weight=0.5)])
+                                         dict(shuffled_shape_weight=0.5, object_head_temperature=0.1)])
 def test_resumed_training_equals_an_uninterrupted_run(tmp_path, monkeypatch, extra_terms):
     cfg = dino_training.DinoTrainConfig(**SMALL, **extra_terms)
     dino_training.train(cfg, tmp_path / "whole", progress=False)
@@ -327,3 +327,15 @@ def test_each_fold_loads_its_own_shipped_weights_and_a_missing_fold_names_itself
     assert printed["novel_classes"] == list(shapeworld.novel_classes(2))
     assert (printed["novel_class_accuracy"], printed["patch_foreground_match"]) == (
         expected["novel_class_accuracy"], expected["patch_foreground_match"])
+
+
+def test_cosine_object_heads_read_only_the_angle_of_the_pooled_feature():
+    torch.manual_seed(0)
+    heads = dino_training.make_heads(64)
+    pooled = torch.randn(5, 64)
+    cosine = dino_training.object_logits(heads, "shape", pooled, 0.1)
+    torch.testing.assert_close(dino_training.object_logits(heads, "shape", 7 * pooled, 0.1), cosine)
+    assert cosine.abs().max() <= 1 / 0.1 + 1e-5
+    row = heads["object_texture"].weight[3].detach()
+    assert int(dino_training.object_logits(heads, "texture", row[None], 0.1).argmax()) == 3
+    torch.testing.assert_close(dino_training.object_logits(heads, "shape", pooled), heads["object_shape"](pooled))

@@ -40,6 +40,11 @@ shuffled view's objects, with no shape as the answer: patch and object shape log
 even odds over the shapes (:func:`undecided_shape`). A shuffled object keeps its texture and loses
 its silhouette, so a shape named there was read from the texture: the shortcut that lets fold 0's
 striped circles and hexagons pass for each other.
+Optionally (``object_head_temperature`` t > 0, 0 in the shipped recipe: linear heads) the object heads
+are cosine classifiers (:func:`object_logits`: the cosine of the pooled feature and each class's weight
+row, over t), so shape and texture must each separate by ANGLE, which is what the nearest neighbour by
+cosine that Matcher's matching and the quality bar use can see; a linear head can read a factor from
+a direction too weak to move a cosine.
 Instances and classes are asked of the intact images only. Texture and part are asked of the
 patches that have one; only the shape head also tells objects from background (label 0,
 down-weighted).
@@ -98,6 +103,7 @@ class DinoTrainConfig:
     context_pairs: int = 8
     patch_contrastive_weight: float = 0.0
     shuffled_shape_weight: float = 0.0
+    object_head_temperature: float = 0.0
     render_scales: tuple = (1, 1, 2)
     tile: int = 16
     seed: int = 0
@@ -337,6 +343,15 @@ def patch_contrastive(tokens: torch.Tensor, instances: torch.Tensor, classes: li
     return instance_contrastive(tokens[foreground], patch_class[foreground], temperature, image[foreground])
 
 
+def object_logits(heads, name: str, pooled: torch.Tensor, temperature: float = 0.0) -> torch.Tensor:
+    """Object head ``name`` (``shape`` or ``texture``) on pooled features: linear (``temperature`` 0) or the
+    cosine of each feature and each class's weight row over ``temperature``."""
+    head = heads[f"object_{name}"]
+    if not temperature:
+        return head(pooled)
+    return F.normalize(pooled, dim=-1) @ F.normalize(head.weight, dim=-1).T / temperature
+
+
 def undecided_shape(logits: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of shape ``logits`` (M, shapes incl. background) against even odds over the object
     shapes (not background): lowest, log(shapes - 1), when the head names no shape."""
@@ -367,14 +382,15 @@ def training_loss(model, heads, x, labels, classes, views, cfg: DinoTrainConfig)
     factors = torch.as_tensor([object_factors(int(c)) for c in instance_classes], dtype=torch.long).reshape(-1, 2)
     shape_target = factors[:, 0].masked_fill(~has_shape[image], -100)
     texture_target = factors[:, 1].masked_fill(~has_texture[image], -100)
-    loss = loss + cfg.object_weight * (_cross_entropy(heads["object_shape"](pooled), shape_target)
-                                       + _cross_entropy(heads["object_texture"](pooled), texture_target))
+    t = cfg.object_head_temperature
+    loss = loss + cfg.object_weight * (_cross_entropy(object_logits(heads, "shape", pooled, t), shape_target)
+                                       + _cross_entropy(object_logits(heads, "texture", pooled, t), texture_target))
     if cfg.shuffled_shape_weight:
         shuffled = views == SHUFFLED
         on_object = labels[shuffled, 0].flatten(1) != 0
         loss = loss + cfg.shuffled_shape_weight * (undecided_shape(heads["shape"](normed[shuffled][on_object]))
                                                     + cfg.object_weight * undecided_shape(
-                                                        heads["object_shape"](pooled[shuffled[image]])))
+                                                        object_logits(heads, "shape", pooled[shuffled[image]], t)))
     whole = views[image] == INTACT
     loss = loss + cfg.contrastive_weight * instance_contrastive(pooled[whole], instance_classes[whole], cfg.temperature)
     if cfg.patch_contrastive_weight:
