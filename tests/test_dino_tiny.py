@@ -329,6 +329,21 @@ def test_each_fold_loads_its_own_shipped_weights_and_a_missing_fold_names_itself
         expected["novel_class_accuracy"], expected["patch_foreground_match"])
 
 
+@pytest.mark.parametrize("fold", range(shapeworld.FOLDS))
+def test_shipped_weights_of_a_fold_were_trained_and_measured_on_that_fold(fold):
+    from prmagic_core.models.dino_tiny import dino_tiny_files
+
+    weights, card_path = dino_tiny_files(fold)
+    if not weights.is_file():
+        pytest.skip(f"no DINO-Tiny ships for fold {fold}")
+    card = json.loads(card_path.read_text())
+    assert card["config"]["fold"] == card["evaluation"]["fold"] == fold
+    assert card["evaluation"]["novel_classes"] == list(shapeworld.novel_classes(fold))
+    assert f"--fold {fold}" in card["command"] or (fold == 0 and "--fold" not in card["command"])
+    assert weights.stat().st_size <= 5 * 2**20
+    assert patch_tokens(load_dino_tiny(fold=fold), np.zeros((64, 64, 3), np.uint8)).shape == (64, 16, 16)
+
+
 def test_cosine_object_heads_read_only_the_angle_of_the_pooled_feature():
     torch.manual_seed(0)
     heads = dino_training.make_heads(64)
