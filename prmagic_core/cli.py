@@ -189,11 +189,6 @@ def looks_like_shapeworld(args, episodes) -> bool:
     return all(episode.query_image.shape[:2] == (128, 128) for episode in episodes)
 
 
-def _dino_tiny_fold(args) -> int:
-    """Whose DINO-Tiny matches: generated ShapeWorld episodes' fold (its novel classes unseen), else fold 0's."""
-    return args.fold if args.dataset == "shapeworld" and args.data is None else 0
-
-
 def _check_unseen_by_dino_tiny(args) -> None:
     """ShapeWorld episodes of fold K are matched by fold K's DINO-Tiny, which never saw their classes."""
     from .baselines.matcher.features import matching_encoder_name
@@ -216,6 +211,7 @@ def cmd_evaluate(args) -> int:
     from .data.sources import kind_of
     from .evaluation import accumulate, bto_table, episode_ids, evaluate, failure_lines, in_protocol_order, shard_path, summarise
     from .flow import FlowConfig
+    from .models.dino_tiny import matching_fold
     from .models.encoding import Encoder
     from .models.loading import load_sam, resolve_device
     from .presets import get_preset, parse_assignments
@@ -248,7 +244,7 @@ def cmd_evaluate(args) -> int:
         baseline = make_baseline(args.baseline, kind=kind, train_iters=args.persam_f_iters,
                                  variant=args.matcher_variant, dinov2_checkpoint=args.dinov2_checkpoint,
                                  settings=preset, benchmark=benchmark, matching_encoder=args.matching_encoder,
-                                 dino_tiny_fold=_dino_tiny_fold(args))
+                                 dino_tiny_fold=matching_fold("folder" if args.data else args.dataset, args.fold))
         baseline_settings = {}
         if args.baseline == "persam_f":
             baseline_settings = {"persam_f_iters": args.persam_f_iters, "persam_f_points": baseline.points}

@@ -51,7 +51,7 @@ from .evaluation import EPISODE_ERRORS, episode_ids, episode_seed
 from .flow import FlowConfig
 from .metrics import episode_counts
 from .push import ARMS, push
-from .models.dino_tiny import dino_tiny_files
+from .models.dino_tiny import dino_tiny_files, matching_fold
 from .refine import DecodeMemo, refine
 from .results import ResultsFile
 from .pipeline import select_final
@@ -379,9 +379,7 @@ class Lab:
 
     @property
     def dino_tiny_fold(self) -> int:
-        """Whose DINO-Tiny matches: ShapeWorld's fold (its novel classes unseen by it), else fold 0's."""
-        s = self.setup
-        return s.fold if s.dataset == "shapeworld" and s.fold is not None else 0
+        return matching_fold(self.setup.dataset, self.setup.fold)
 
     @property
     def dino_tiny_weights(self) -> Path:

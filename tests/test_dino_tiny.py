@@ -9,7 +9,7 @@ from prmagic_core.cli import main
 from prmagic_core.data import shapeworld
 from prmagic_core.models import dino_training
 from prmagic_core.models.dino_quality import evaluate_dino_tiny
-from prmagic_core.models.dino_tiny import DINO_TINY_WEIGHTS, build_dino_tiny, load_dino_tiny
+from prmagic_core.models.dino_tiny import build_dino_tiny, load_dino_tiny
 from prmagic_core.models.dinov2 import patch_tokens
 from prmagic_core.models.loading import CheckpointError
 

@@ -37,7 +37,10 @@ def dino_tiny_files(fold: int = 0) -> tuple[Path, Path]:
     return WEIGHTS_DIR / f"{stem}.pt", WEIGHTS_DIR / f"{stem}.json"
 
 
-DINO_TINY_WEIGHTS, DINO_TINY_CARD = dino_tiny_files(0)
+def matching_fold(dataset: str, fold: int | None) -> int:
+    """Whose DINO-Tiny matches episodes of ``dataset``: ShapeWorld's ``fold`` (its novel classes unseen by
+    that network), else fold 0's."""
+    return fold if dataset == "shapeworld" and fold is not None else 0
 
 
 def build_dino_tiny(config: dict = DINO_TINY_CONFIG) -> torch.nn.Module:
