@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from prmagic_core import analysis as an, experiments as ex, viz
 from prmagic_core.data import shapeworld
@@ -124,6 +125,28 @@ def test_a_lab_poses_the_folds_novel_classes_at_the_asked_size(tmp_path):
     assert everything.image_size == 128 and everything.episode(1).name == shapeworld.episode(0, 1).name
     base = ex.Sweep(**SMALL)
     assert lab.table_path(base) != everything.table_path(base) != ex.Lab(ex.Setup(), tmp_path).table_path(base)
+
+
+def test_a_labs_matcher_matches_with_its_folds_dino_tiny_and_its_tables_say_which(tmp_path, monkeypatch):
+    from prmagic_core.baselines.matcher import features
+    from prmagic_core.models import dino_tiny
+
+    monkeypatch.setattr(dino_tiny, "WEIGHTS_DIR", tmp_path)
+    torch.manual_seed(0)
+    per_fold = {fold: dino_tiny.build_dino_tiny().eval() for fold in (0, 2)}
+    for fold, model in per_fold.items():
+        torch.save(model.state_dict(), dino_tiny.dino_tiny_files(fold)[0])
+    labs = {fold: ex.Lab(ex.Setup(fold=fold, matching_encoder="dino-tiny"), tmp_path / str(fold)) for fold in per_fold}
+    features._dino_tiny.cache_clear()
+    try:
+        for fold, lab in labs.items():
+            used = lab.baseline("matcher", "object").features(lab.encoder).model
+            assert all(torch.equal(used.state_dict()[k], v) for k, v in per_fold[fold].state_dict().items())
+    finally:
+        features._dino_tiny.cache_clear()
+    sha = {fold: lab.settings(ex.Sweep(**SMALL))["dino_tiny_sha1"] for fold, lab in labs.items()}
+    assert sha[0] != sha[2] and None not in sha.values()
+    assert ex.Lab(ex.Setup(fold=None), tmp_path).dino_tiny_fold == 0
 
 
 def test_bad_settings_are_named():
