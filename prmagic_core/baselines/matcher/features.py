@@ -33,7 +33,7 @@ from .grid import PaddedFrame, StretchedFrame, TokenGrid
 
 MATCHING_ENCODERS = ("dino-tiny", "sam-tiny", "dinov2")
 # SAM-Tiny's default. Fold 0's DINO-Tiny (the default fold's) does not yet meet its quality bar
-# (folds 1 and 3 do; see the cards and the README), so Matcher keeps SAM-Tiny's features unless
+# (folds 1-3's do; see the cards and the README), so Matcher keeps SAM-Tiny's features unless
 # asked; flip this when it does.
 TINY_DEFAULT = "sam-tiny"
 
