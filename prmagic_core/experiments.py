@@ -422,12 +422,13 @@ class Lab:
     def settings(self, sweep: Sweep) -> dict:
         """What a table's rows depend on besides their key: model, weights, data, device, fixed flow options."""
         s = self.setup
+        dino_tiny = self.dino_tiny_weights
         return {
             "table_version": TABLE_VERSION, "backend": s.backend, "model_type": s.sam_type,
             "weights_sha1": file_sha1(self.weights), "code_sha1": source_sha1(),
             "dinov2_sha1": file_sha1(s.dinov2_checkpoint) if s.dinov2_checkpoint else None, "dataset": s.dataset,
             "matching_encoder": s.matching_encoder,
-            "dino_tiny_sha1": file_sha1(self.dino_tiny_weights) if self.dino_tiny_weights.is_file() else None,
+            "dino_tiny_sha1": file_sha1(dino_tiny) if dino_tiny.is_file() else None,
             "data_root": str(s.data_root) if s.data_root else None, "kind": self.kind, "fold": s.fold,
             "shots": s.shots, "data_seed": s.data_seed, "image_size": self.image_size,
             "device": self.device.type, **sweep.table_settings(),

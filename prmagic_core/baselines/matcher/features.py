@@ -7,7 +7,8 @@
   37x37 tokens of 1024 channels (:class:`VitFeatures`).
 - ``dino-tiny``: DINO-Tiny (:mod:`prmagic_core.models.dino_tiny`), the
   small ViT trained on a ShapeWorld fold's base classes (``dino_tiny_fold``'s shipped weights),
-  read the same way: 16x16 tokens of 64 channels. Semantic features find the points, SAM's features cut the masks, as in Matcher.
+  read the same way: 16x16 tokens of 64 channels. Semantic features find the points, SAM's
+  features cut the masks, as in Matcher.
 - ``sam-tiny`` (SAM-Tiny's default, :data:`TINY_DEFAULT`): SAM-Tiny's own embedding (32x32
   cells of 64 channels, :class:`SamFeatures`), which shows what a semantic encoder changes: these features are class-agnostic (every
   object lights up), and matching and decoding share one feature space, so a PR-MaGIC step
@@ -125,7 +126,8 @@ class MatchingEncoder:
     """The matching encoder of one baseline object (Matcher, GF-SAM), chosen by name on first use
     (:func:`matching_encoder`) and kept, so DINOv2 is loaded once."""
 
-    def __init__(self, name: str | None = None, dinov2_checkpoint=None, method: str = "Matcher", dino_tiny_fold: int = 0):
+    def __init__(self, name: str | None = None, dinov2_checkpoint=None, method: str = "Matcher",
+                 dino_tiny_fold: int = 0):
         if name is not None and name not in MATCHING_ENCODERS:
             raise ValueError(f"matching encoder must be one of {MATCHING_ENCODERS}, got {name!r}")
         self.name, self.dinov2_checkpoint, self.method = name, dinov2_checkpoint, method
@@ -134,5 +136,6 @@ class MatchingEncoder:
 
     def __call__(self, encoder: Encoder):
         if self._features is None:
-            self._features = matching_encoder(self.name, encoder, self.dinov2_checkpoint, self.method, self.dino_tiny_fold)
+            self._features = matching_encoder(self.name, encoder, self.dinov2_checkpoint, self.method,
+                                              self.dino_tiny_fold)
         return self._features
