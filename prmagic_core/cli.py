@@ -406,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--matcher-variant", default="released", choices=["released", "transport"],
                    help="how the SAM-space step reaches Matcher's (and GF-SAM's) matching features")
     p.add_argument("--matching-encoder", default=None, choices=["dino-tiny", "sam-tiny", "dinov2"],
-                   help="what Matcher and GF-SAM match with (default: dinov2 with --dinov2-checkpoint, else sam-tiny)")
+                   help="what Matcher and GF-SAM match with (default: dinov2 with --dinov2-checkpoint, else dino-tiny)")
     p.add_argument("--dinov2-checkpoint", default=None,
                    help="Matcher / GF-SAM on the sam backend: a local DINOv2 ViT-L/14 checkpoint")
     p.add_argument("--backend", default="tiny", choices=["tiny", "sam"],

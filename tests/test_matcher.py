@@ -360,12 +360,12 @@ def random_dino_tiny(monkeypatch):
     return model
 
 
-def test_on_sam_tiny_matcher_matches_with_dino_tiny_by_name(random_tiny, two_episodes, random_dino_tiny):
+def test_on_sam_tiny_matcher_matches_with_dino_tiny_by_default(random_tiny, two_episodes, random_dino_tiny):
     episode = two_episodes[0]
     encoder = Encoder(random_tiny)
     few_subsets = dataclasses.replace(PRESETS["fss"], tiny_subsets_per_size=2)
-    assert Matcher(few_subsets).features(encoder).name == "sam-tiny"  # until DINO-Tiny meets its bar
-    matcher = Matcher(few_subsets, matching="dino-tiny")
+    assert Matcher(few_subsets, matching="sam-tiny").features(encoder).name == "sam-tiny"
+    matcher = Matcher(few_subsets)  # DINO-Tiny is the default on SAM-Tiny
     assert matcher.features(encoder).name == "dino-tiny"
     prompter = matcher.prepare(encoder, episode.support_images, episode.support_masks, episode.query_image)
     assert prompter.query_tokens.tokens.shape == (64, 16, 16)
