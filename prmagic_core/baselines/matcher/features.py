@@ -5,14 +5,14 @@
 - ``dinov2`` (official SAM): DINOv2 ViT-L/14 patch tokens, as Matcher matches with: the
   image stretched to 518x518, the last block's output before the final norm, CLS dropped,
   37x37 tokens of 1024 channels (:class:`VitFeatures`).
-- ``dino-tiny`` (SAM-Tiny's default, :data:`TINY_DEFAULT`): DINO-Tiny (:mod:`prmagic_core.models.dino_tiny`), the
-  small ViT trained on a ShapeWorld fold's base classes (``dino_tiny_fold``'s shipped weights),
-  read the same way: 16x16 tokens of 64 channels. Semantic features find the points, SAM's
-  features cut the masks, as in Matcher.
-- ``sam-tiny``: SAM-Tiny's own embedding (32x32
-  cells of 64 channels, :class:`SamFeatures`), which shows what a semantic encoder changes: these features are class-agnostic (every
-  object lights up), and matching and decoding share one feature space, so a PR-MaGIC step
-  moves the matching features directly.
+- ``dino-tiny`` (SAM-Tiny's default, :data:`TINY_DEFAULT`): DINO-Tiny
+  (:mod:`prmagic_core.models.dino_tiny`), the small ViT trained on a ShapeWorld fold's base
+  classes (``dino_tiny_fold``'s shipped weights), read the same way: 16x16 tokens of 64 channels.
+  Semantic features find the points, SAM's features cut the masks, as in Matcher.
+- ``sam-tiny``: SAM-Tiny's own embedding (32x32 cells of 64 channels, :class:`SamFeatures`),
+  which shows what a semantic encoder changes: these features are class-agnostic (every object
+  lights up), and matching and decoding share one feature space, so a PR-MaGIC step moves the
+  matching features directly.
 
 Every matching encoder is called on an :class:`Encoded` query or support (-> a
 :class:`TokenGrid`) and has ``selector_encoder(encoder)``: the encoder Matcher's selector
